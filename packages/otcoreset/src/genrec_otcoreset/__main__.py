@@ -1,0 +1,5 @@
+import sys
+
+from genrec_otcoreset._cli import main
+
+sys.exit(main())

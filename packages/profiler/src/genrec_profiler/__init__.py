@@ -1,0 +1,10 @@
+"""genrec-profiler."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("genrec-profiler")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]
