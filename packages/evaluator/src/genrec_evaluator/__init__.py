@@ -1,10 +1,43 @@
-"""genrec-evaluator."""
+"""genrec-evaluator: next-POI, SeqRec and CTR evaluation for LLM recommenders.
+
+Importing this package is cheap: torch, transformers and peft are imported only inside the functions
+that score with a model.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from genrec_evaluator._analysis import cross_city_matrix, trajectory_length_groups, user_activity_groups
+from genrec_evaluator._baselines import BaselineConfig, run_baselines
+from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._io import load_checkins, read_records
+from genrec_evaluator._metrics import acc_at_k, auc, hr_at_k, mrr, ndcg_at_k, target_ranks
+from genrec_evaluator._report import compare_runs, plot_cross_city, write_cross_city, write_report
+from genrec_evaluator._result import EvaluationResult
 
 try:
     __version__ = version("genrec-evaluator")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "BaselineConfig",
+    "EvaluationResult",
+    "EvaluatorError",
+    "__version__",
+    "acc_at_k",
+    "auc",
+    "compare_runs",
+    "cross_city_matrix",
+    "hr_at_k",
+    "load_checkins",
+    "mrr",
+    "ndcg_at_k",
+    "plot_cross_city",
+    "read_records",
+    "run_baselines",
+    "target_ranks",
+    "trajectory_length_groups",
+    "user_activity_groups",
+    "write_cross_city",
+    "write_report",
+]

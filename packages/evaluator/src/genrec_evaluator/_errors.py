@@ -1,0 +1,7 @@
+"""The package's one exception type."""
+
+from __future__ import annotations
+
+
+class EvaluatorError(ValueError):
+    """Bad input to genrec-evaluator: the message names the file, row, column or field and the value."""

@@ -1,0 +1,146 @@
+"""Reading records and check-ins, and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from genrec_evaluator._errors import EvaluatorError
+
+log = logging.getLogger(__name__)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, then move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    def _write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+    return atomic_write(path, _write)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_parquet(path: str | Path, frame: pl.DataFrame) -> Path:
+    return atomic_write(path, lambda tmp: frame.write_parquet(tmp))
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Like :func:`atomic_write` for a folder: build it beside the target, then swap it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _read_table_file(path: Path) -> pl.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(path)
+        if suffix in {".jsonl", ".ndjson"}:
+            return pl.read_ndjson(path)
+        if suffix == ".json":
+            return pl.read_json(path)
+        if suffix == ".arrow":
+            try:
+                return pl.read_ipc_stream(path)
+            except Exception:  # an Arrow file rather than a stream
+                return pl.read_ipc(path)
+        if suffix == ".csv":
+            return pl.read_csv(path, try_parse_dates=True)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise EvaluatorError(f"{path}: cannot read table: {exc}") from exc
+    raise EvaluatorError(f"{path}: unsupported table format {suffix!r} (parquet, jsonl, json, arrow, csv)")
+
+
+def _read_table_dir(path: Path, split: str | None) -> pl.DataFrame:
+    if split is not None:
+        for name in (f"{split}.parquet", f"{split}.jsonl", f"{split}.json"):
+            if (path / name).is_file():
+                return _read_table_file(path / name)
+        if (path / split).is_dir():
+            return _read_table_dir(path / split, None)
+    # A `datasets.save_to_disk` folder: Arrow stream shards.
+    shards = sorted(path.glob("*.arrow"))
+    if not shards:
+        shards = sorted(path.glob("*.parquet"))
+    if not shards:
+        raise EvaluatorError(
+            f"{path}: no records found (looked for {split}.parquet, {split}/, *.arrow, *.parquet)"
+        )
+    return pl.concat([_read_table_file(p) for p in shards], how="diagonal_relaxed")
+
+
+def read_records(path: str | Path, *, split: str | None = "test") -> pl.DataFrame:
+    """Read SFT records from a file (parquet, jsonl, json, arrow) or a folder of them.
+
+    A folder may hold ``<split>.parquet``, a ``<split>/`` sub-folder (a ``DatasetDict`` saved to disk),
+    or shards. When the table has a ``split`` column, only rows of ``split`` are kept.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"records not found: {path}")
+    frame = _read_table_dir(path, split) if path.is_dir() else _read_table_file(path)
+    if split is not None and "split" in frame.columns:
+        frame = frame.filter(pl.col("split") == split)
+    log.info("read %d records from %s", frame.height, path)
+    return frame
+
+
+def load_checkins(data_dir: str | Path) -> pl.DataFrame:
+    """All prepared check-ins (train, val and test) from a ``genrec_sftdata.prepare`` output folder."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise FileNotFoundError(f"prepared data not found: {data_dir}")
+    if data_dir.is_file():
+        return _read_table_file(data_dir)
+    try:
+        from genrec_sftdata import load_prepared  # type: ignore[attr-defined]
+    except ImportError:
+        load_prepared = None
+    if load_prepared is not None and not (data_dir / "checkins.parquet").is_file():
+        return load_prepared(data_dir).checkins
+    for name in ("checkins.parquet", "checkins.jsonl", "train.parquet"):
+        if (data_dir / name).is_file():
+            return _read_table_file(data_dir / name)
+    if load_prepared is not None:
+        return load_prepared(data_dir).checkins
+    raise EvaluatorError(f"{data_dir}: no prepared check-ins (expected checkins.parquet)")
