@@ -1,0 +1,5 @@
+"""The machinery behind ``bench/run.py``: device naming, running pytest-benchmark per package,
+comparing against saved per-device baselines, and the generated results page.
+
+Private to ``bench/``; nothing under ``packages/`` imports it.
+"""
