@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", action="store_true", help="regenerate <results-dir>/README.md and its plots after the run"
     )
     parser.add_argument(
-        "--report-only", action="store_true", help="regenerate the results page from saved baselines; run nothing"
+        "--report-only",
+        action="store_true",
+        help="regenerate the results page from saved baselines; run nothing",
     )
     parser.add_argument(
         "--device",
@@ -103,14 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the <package>/bench_*.py folders (default: %(default)s)",
     )
     parser.add_argument(
-        "--results-dir", type=Path, help="saved baselines and the results page (default: <bench-root>/results)"
+        "--results-dir",
+        type=Path,
+        help="saved baselines and the results page (default: <bench-root>/results)",
     )
     parser.add_argument(
         "--run-dir",
         type=Path,
         help="where this run's JSON, JUnit XML and logs go (default: a new temporary folder)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="print each package's full pytest output")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print each package's full pytest output"
+    )
     return parser
 
 
@@ -171,7 +177,9 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     env = {**os.environ, SIZE_ENV: args.size, **device_env(device)}
 
     print(f"device: {device.name} (results folder: {device.slug})")
-    print(f"size: {args.size}; compare: {args.compare}; markers: {markexpr or '(all)'}; run folder: {run_dir}")
+    print(
+        f"size: {args.size}; compare: {args.compare}; markers: {markexpr or '(all)'}; run folder: {run_dir}"
+    )
     for name in missing:
         print(f"{name}: no benchmarks yet, skipped")
     if not packages:
@@ -224,7 +232,9 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
                 print(f"  not saved: {package} did not pass")
             continue
         if args.save or args.compare == "all":
-            merged, count = merge_into_baseline(saved, result.run or {}, default_size=args.size, replace=args.save)
+            merged, count = merge_into_baseline(
+                saved, result.run or {}, default_size=args.size, replace=args.save
+            )
             if count:
                 write_json_atomic(target, merged)
                 what = "saved" if args.save else "recorded new baseline entries"

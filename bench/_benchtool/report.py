@@ -108,7 +108,10 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
             ax.plot(xs, medians, "o-", label=f"ours (median){suffix}")
             baseline = [as_float(b.extra_info.get("baseline_s")) for _, b in pts]
             if any(v is not None for v in baseline):
-                name = next((str(b.extra_info["baseline"]) for _, b in pts if b.extra_info.get("baseline")), "baseline")
+                name = next(
+                    (str(b.extra_info["baseline"]) for _, b in pts if b.extra_info.get("baseline")),
+                    "baseline",
+                )
                 ax.plot(xs, baseline, "s--", label=f"{name}{suffix}")
             floor = [as_float(b.extra_info.get("floor_s")) for _, b in pts]
             if any(v is not None for v in floor):
@@ -116,7 +119,11 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
         values = [
             v
             for b, _, _ in points
-            for v in (b.median, as_float(b.extra_info.get("baseline_s")), as_float(b.extra_info.get("floor_s")))
+            for v in (
+                b.median,
+                as_float(b.extra_info.get("baseline_s")),
+                as_float(b.extra_info.get("floor_s")),
+            )
             if v is not None
         ]
         if values and min(values) > 0 and max(values) / min(values) > 20:
@@ -158,7 +165,9 @@ def _verdict(bench: Bench) -> str:
 def _device_header(slug: str, items: Iterable[Saved]) -> list[str]:
     items = list(items)
     names = sorted({str(s.bench.extra_info.get("device")) for s in items if s.bench.extra_info.get("device")})
-    dates = sorted(str(s.bench.extra_info.get("measured_at")) for s in items if s.bench.extra_info.get("measured_at"))
+    dates = sorted(
+        str(s.bench.extra_info.get("measured_at")) for s in items if s.bench.extra_info.get("measured_at")
+    )
     lines = [f"## {slug}", ""]
     if names:
         lines.append(f"Device: {', '.join(names)}.")

@@ -162,7 +162,9 @@ def merge_into_baseline(
     merged = {
         "machine_info": _slim_machine_info(base.get("machine_info") or {}),
         "commit_info": base.get("commit_info") or {},
-        "benchmarks": sorted(old_entries, key=lambda e: (str(e.get("fullname")), str(e.get("extra_info", {}).get(SIZE_KEY)))),
+        "benchmarks": sorted(
+            old_entries, key=lambda e: (str(e.get("fullname")), str(e.get("extra_info", {}).get(SIZE_KEY)))
+        ),
         "datetime": base.get("datetime"),
         "version": base.get("version"),
     }
