@@ -1,10 +1,41 @@
-"""genrec-sftdata."""
+"""genrec-sftdata: the Polars data layer of genrec.
+
+Readers of real check-in formats, LLM4POI preprocessing, a synthetic city, and SFT records for
+next-POI (GenUP style), SeqRec (BIGRec style) and CTR (TALLRec style).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from genrec_sftdata._contract import PREPARED_COLUMNS, RAW_COLUMNS
+from genrec_sftdata._errors import SftDataError
+from genrec_sftdata._nextpoi import NextPoiConfig, build_next_poi, checkin_sentence_expr
+from genrec_sftdata._prepare import PrepareConfig, PreparedData, load_prepared, prepare
+from genrec_sftdata._readers import read_checkins, sniff_format
+from genrec_sftdata._synth import CityConfig, synthesize_city
+from genrec_sftdata._writers import push_to_hub, to_hf_dataset, write_records
 
 try:
     __version__ = version("genrec-sftdata")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "PREPARED_COLUMNS",
+    "RAW_COLUMNS",
+    "CityConfig",
+    "NextPoiConfig",
+    "PrepareConfig",
+    "PreparedData",
+    "SftDataError",
+    "__version__",
+    "build_next_poi",
+    "checkin_sentence_expr",
+    "load_prepared",
+    "prepare",
+    "push_to_hub",
+    "read_checkins",
+    "sniff_format",
+    "synthesize_city",
+    "to_hf_dataset",
+    "write_records",
+]

@@ -3,18 +3,208 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import logging
 import sys
+import types
+import typing
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from genrec_sftdata import __version__
+from genrec_sftdata._errors import SftDataError
+
+PROG = "genrec-sftdata"
+
+
+def _scalar_type(tp: Any) -> tuple[Any, bool]:
+    """(argparse type, optional) for a dataclass field annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _scalar_type(args[0])[0], True
+    if origin is typing.Literal:
+        return str, False
+    if origin is tuple:
+        return str, False
+    return tp, False
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
+    """One ``--option`` per field of a frozen config dataclass; the field's help drives ``--help``."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        tp, _ = _scalar_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if tp is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                help=f"{help_text} (default: {default})",
+            )
+        elif typing.get_origin(hints[f.name]) is tuple:
+            parser.add_argument(
+                flag, dest=f.name, nargs="+", default=default, help=f"{help_text} (default: {default})"
+            )
+        else:
+            choices = None
+            if typing.get_origin(hints[f.name]) is typing.Literal:
+                choices = list(typing.get_args(hints[f.name]))
+            parser.add_argument(
+                flag, dest=f.name, type=tp, default=default, choices=choices,
+                help=f"{help_text} (default: {default})",
+            )
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    for f in dataclasses.fields(cls):
+        if typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple and f.name in kwargs:
+            kwargs[f.name] = tuple(kwargs[f.name])
+    kwargs.update(extra)
+    return cls(**kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genrec-sftdata", description=__doc__)
+    from genrec_sftdata._nextpoi import NextPoiConfig
+    from genrec_sftdata._prepare import PrepareConfig
+    from genrec_sftdata._synth import CityConfig
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each rule does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate a synthetic city: DIR/checkins.parquet")
+    p.add_argument("--users", type=int, required=True, help="number of users")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_config_args(p, CityConfig, skip=("n_users",))
+
+    p = sub.add_parser("prepare", help="LLM4POI preprocessing: DIR/{checkins,train,val,test}.parquet + stats.json")
+    p.add_argument("--input", type=str, action="append", required=True, help="input file or folder (repeatable)")
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "getnext", "tsmc", "gowalla", "parquet", "csv", "hf"],
+        help="input format (default: sniffed from the file)",
+    )
+    p.add_argument("--spots", type=Path, default=None, help="Gowalla spots file with categories")
+    p.add_argument(
+        "--split-inputs", action="store_true",
+        help="the --input files are the train, val and test parts, in that order (kept as given)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_config_args(p, PrepareConfig)
+
+    p = sub.add_parser("build", help="SFT records: DIR2/{train,val,test}.parquet")
+    p.add_argument("--task", choices=["next_poi", "seqrec", "ctr"], default="next_poi")
+    p.add_argument("--data", type=Path, help="prepared folder (next_poi)")
+    p.add_argument("--input", type=Path, action="append", help="input files (seqrec: items + interactions; ctr: JSON)")
+    p.add_argument("--profiles", type=Path, default=None, help="profiles table (parquet)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--write-format", choices=["parquet", "jsonl", "hf"], default="parquet")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path for --max-length (transformers)")
+    add_config_args(p, NextPoiConfig)
+
+    p = sub.add_parser("stats", help="print the table of counts of a prepared folder")
+    p.add_argument("dir", type=Path)
     return parser
+
+
+def _stats_table(stats: dict[str, Any]) -> str:
+    cols = ["users", "pois", "categories", "checkins", "trajectories"]
+    rows = [f"{'split':<6} " + " ".join(f"{c:>12}" for c in cols)]
+    splits = stats.get("splits", {})
+    for split in sorted(splits, key=lambda k: ("train", "val", "test", "all").index(k) if k in ("train", "val", "test", "all") else 9):
+        s = splits[split]
+        rows.append(f"{split:<6} " + " ".join(f"{s.get(c, 0):>12}" for c in cols))
+    removed = stats.get("removed", {})
+    if removed:
+        rows.append("removed: " + ", ".join(f"{k}={v}" for k, v in removed.items()))
+    return "\n".join(rows)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    import genrec_sftdata as g
+    from genrec_sftdata._nextpoi import NextPoiConfig
+    from genrec_sftdata._prepare import PrepareConfig
+    from genrec_sftdata._synth import CityConfig
+
+    if args.command == "synth":
+        opts = {
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(CityConfig)
+            if f.name not in ("n_users", "seed") and getattr(args, f.name) is not None
+        }
+        frame = g.synthesize_city(n_users=args.users, seed=args.seed, **opts)
+        out = args.out / "checkins.parquet"
+        g.write_records(frame, out)
+        print(f"wrote {out}: {frame.height} check-ins, {frame['user_id'].n_unique()} users, "
+              f"{frame['poi_id'].n_unique()} POIs")
+        return 0
+    if args.command == "prepare":
+        cfg = config_from_args(PrepareConfig, args)
+        if args.split_inputs:
+            if not 2 <= len(args.input) <= 3:
+                raise SftDataError(f"--split-inputs needs 2 or 3 --input files (train, val[, test]), got {len(args.input)}")
+            names = ("train", "val", "test") if len(args.input) == 3 else ("train", "test")
+            source: Any = {
+                n: g.read_checkins(p, format=args.format, spots=args.spots) for n, p in zip(names, args.input)
+            }
+        else:
+            source = g.read_checkins(args.input, format=args.format, spots=args.spots)
+        data = g.prepare(source, out=args.out, config=cfg)
+        print(_stats_table(data.stats))
+        print(f"wrote {args.out}/{{checkins,train,val,test}}.parquet and stats.json")
+        return 0
+    if args.command == "build":
+        if args.task == "next_poi":
+            if args.data is None:
+                raise SftDataError("build --task next_poi needs --data DIR (a prepared folder)")
+            cfg = config_from_args(NextPoiConfig, args)
+            tokenizer = None
+            if cfg.max_length is not None:
+                if args.tokenizer is None:
+                    raise SftDataError("--max-length needs --tokenizer PATH")
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+            profiles = pl.read_parquet(args.profiles) if args.profiles else None
+            records = g.build_next_poi(args.data, profiles, config=cfg, tokenizer=tokenizer)
+        else:
+            records = _build_other(args)
+        g.write_records(records, args.out, format=args.write_format)
+        counts = ", ".join(f"{k}={v.height}" for k, v in records.items())
+        print(f"wrote {args.task} records to {args.out} ({args.write_format}): {counts}")
+        return 0
+    if args.command == "stats":
+        stats_file = args.dir / "stats.json"
+        if stats_file.is_file():
+            stats = json.loads(stats_file.read_text())
+        else:
+            from genrec_sftdata._prepare import split_stats
+
+            stats = {"splits": split_stats(g.load_prepared(args.dir).checkins)}
+        print(_stats_table(stats))
+        return 0
+    raise SftDataError(f"unknown command {args.command!r}")  # pragma: no cover - argparse guards it
+
+
+def _build_other(args: argparse.Namespace) -> dict[str, Any]:
+    import genrec_sftdata as g
+
+    if not args.input:
+        raise SftDataError(f"build --task {args.task} needs --input FILE")
+    builder = getattr(g, f"build_{args.task}", None)
+    if builder is None:
+        raise SftDataError(f"build --task {args.task} is not available in this version")
+    return builder(*args.input)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +213,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return _run(args)
+    except (SftDataError, FileNotFoundError, ValueError) as exc:
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

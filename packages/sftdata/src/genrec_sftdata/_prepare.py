@@ -1,0 +1,317 @@
+"""LLM4POI preprocessing in Polars: filters, a global chronological split, trajectories, codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, normalize_checkins
+from genrec_sftdata._errors import SftDataError
+from genrec_sftdata._io import atomic_write, atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+Source = pl.DataFrame | pl.LazyFrame | str | Path | Sequence[str | Path] | Mapping[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareConfig:
+    """LLM4POI's preprocessing rules; each is a parameter, defaults as in LLM4POI."""
+
+    min_poi_checkins: int = field(default=10, metadata={"help": "drop POIs with fewer check-ins (first)"})
+    min_user_checkins: int = field(default=10, metadata={"help": "then drop users with fewer check-ins"})
+    train_frac: float = field(default=0.8, metadata={"help": "share of check-ins (by time) in train"})
+    val_frac: float = field(default=0.1, metadata={"help": "share of check-ins (by time) in val"})
+    max_gap_hours: float = field(
+        default=24.0, metadata={"help": "cut a trajectory where a user's gap exceeds this many hours"}
+    )
+    min_trajectory_checkins: int = field(
+        default=2, metadata={"help": "drop trajectories (isolated check-ins) shorter than this"}
+    )
+    drop_unseen: bool = field(
+        default=True, metadata={"help": "drop val/test rows whose user or POI never appears in train"}
+    )
+    drop_duplicates: bool = field(
+        default=True, metadata={"help": "drop repeated (user_id, poi_id, utc_time) rows, counted"}
+    )
+    keep_split: bool = field(
+        default=True, metadata={"help": "keep a split given by the input (files per split / split column)"}
+    )
+
+    def __post_init__(self) -> None:
+        if not (0 < self.train_frac <= 1 and self.val_frac >= 0 and self.train_frac + self.val_frac <= 1):
+            raise SftDataError(
+                f"PrepareConfig: fields train_frac/val_frac must satisfy 0 < train_frac, "
+                f"train_frac + val_frac <= 1; got {self.train_frac!r}, {self.val_frac!r}"
+            )
+        if self.max_gap_hours <= 0:
+            raise SftDataError(f"PrepareConfig: field max_gap_hours must be > 0, got {self.max_gap_hours!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedData:
+    """The output of :func:`prepare`: the check-ins table and its three splits."""
+
+    checkins: pl.DataFrame
+    train: pl.DataFrame
+    val: pl.DataFrame
+    test: pl.DataFrame
+    stats: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def num_pois(self) -> int:
+        """N, the number of POI codes fitted on train (candidate ids are 0..N-1)."""
+        return int(self.stats["num_pois"])
+
+
+def _as_frame(source: Any, what: str) -> tuple[pl.DataFrame, str]:
+    from genrec_sftdata._readers import read_checkins
+
+    if isinstance(source, pl.LazyFrame):
+        return source.collect(), what
+    if isinstance(source, pl.DataFrame):
+        return source, what
+    if isinstance(source, (str, Path)):
+        return read_checkins(source), str(source)
+    if isinstance(source, Sequence):
+        return read_checkins(list(source)), ", ".join(map(str, source))
+    raise SftDataError(f"prepare: unsupported {what} of type {type(source).__name__}: {source!r}")
+
+
+def _load(source: Source) -> tuple[pl.DataFrame, str, bool]:
+    """(frame, description, has_given_split)."""
+    if isinstance(source, Mapping):
+        unknown = sorted(set(source) - set(SPLITS))
+        if unknown:
+            raise SftDataError(f"prepare: unknown split {unknown[0]!r} in the input mapping; use {SPLITS}")
+        parts, names = [], []
+        for split, part in source.items():
+            frame, name = _as_frame(part, f"split {split}")
+            parts.append(normalize_checkins(frame, source=name).with_columns(split=pl.lit(split)))
+            names.append(f"{split}={name}")
+        common = set.intersection(*(set(p.columns) for p in parts))
+        cols = [c for c in parts[0].columns if c in common]
+        return pl.concat([p.select(cols) for p in parts], how="vertical_relaxed"), "; ".join(names), True
+    frame, name = _as_frame(source, "input")
+    frame = normalize_checkins(frame, source=name)
+    return frame, name, "split" in frame.columns
+
+
+def _removed(rule: str, before: int, after: int, removed: dict[str, int]) -> None:
+    removed[rule] = before - after
+    logger.info("prepare: rule %s removed %d of %d rows", rule, before - after, before)
+
+
+def split_stats(checkins: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Users, POIs, categories, check-ins and trajectories per split (one group-by)."""
+    agg = checkins.group_by("split").agg(
+        users=pl.col("user_id").n_unique(),
+        pois=pl.col("poi_id").n_unique(),
+        categories=pl.col("category_id").n_unique(),
+        checkins=pl.len(),
+        trajectories=pl.col("trajectory_id").n_unique(),
+    )
+    out = {s: {"users": 0, "pois": 0, "categories": 0, "checkins": 0, "trajectories": 0} for s in SPLITS}
+    for row in agg.iter_rows(named=True):
+        split = row.pop("split")
+        out[split] = {k: int(v) for k, v in row.items()}
+    total = checkins.select(
+        users=pl.col("user_id").n_unique(),
+        pois=pl.col("poi_id").n_unique(),
+        categories=pl.col("category_id").n_unique(),
+        checkins=pl.len(),
+        trajectories=pl.col("trajectory_id").n_unique(),
+    )
+    out["all"] = {k: int(v) for k, v in total.row(0, named=True).items()}
+    return out
+
+
+def prepare(source: Source, *, out: str | Path | None = None, config: PrepareConfig | None = None) -> PreparedData:
+    """Apply LLM4POI's preprocessing to raw check-ins and return (and optionally write) the tables.
+
+    ``source`` is a frame, a path (any format :func:`read_checkins` knows), a list of paths, or a
+    mapping ``{"train": ..., "val": ..., "test": ...}`` of already-split inputs (kept as given when
+    ``config.keep_split``). With ``out``, writes ``{checkins,train,val,test}.parquet`` and
+    ``stats.json`` there atomically.
+    """
+    cfg = config or PrepareConfig()
+    df, name, given_split = _load(source)
+    given_split = given_split and cfg.keep_split
+    removed: dict[str, int] = {}
+    n_input = df.height
+
+    if cfg.drop_duplicates:
+        before = df.height
+        df = df.unique(subset=["user_id", "poi_id", "utc_time"], keep="first", maintain_order=True)
+        _removed("duplicates", before, df.height, removed)
+
+    lf = df.lazy()
+    if cfg.min_poi_checkins > 1:
+        before = df.height
+        df = lf.filter(pl.len().over("poi_id") >= cfg.min_poi_checkins).collect()
+        _removed("min_poi_checkins", before, df.height, removed)
+    if cfg.min_user_checkins > 1:
+        before = df.height
+        df = df.lazy().filter(pl.len().over("user_id") >= cfg.min_user_checkins).collect()
+        _removed("min_user_checkins", before, df.height, removed)
+    if df.height == 0:
+        raise SftDataError(
+            f"{name}: no check-ins left after the POI/user filters "
+            f"(min_poi_checkins={cfg.min_poi_checkins}, min_user_checkins={cfg.min_user_checkins})"
+        )
+
+    lf = df.lazy()
+    if given_split:
+        bad = df.filter(~pl.col("split").is_in(list(SPLITS)))
+        if bad.height:
+            raise SftDataError(f"{name}: column 'split' must be one of {SPLITS}; example row: {bad.row(0, named=True)}")
+    else:
+        n = df.height
+        n_train, n_trainval = int(n * cfg.train_frac), int(n * (cfg.train_frac + cfg.val_frac))
+        rank = pl.int_range(pl.len(), dtype=pl.Int64)
+        # Eager on purpose: in a lazy plan Polars drops this sort when a later sort follows, even
+        # though the row-number split depends on it (seen with polars 2.1).
+        lf = (
+            df.sort("utc_time", "user_id", "poi_id")
+            .with_columns(
+                split=pl.when(rank < n_train)
+                .then(pl.lit("train"))
+                .when(rank < n_trainval)
+                .then(pl.lit("val"))
+                .otherwise(pl.lit("test"))
+            )
+            .lazy()
+        )
+
+    # Trajectories: a new one where the user changes, the split changes, or the gap is too long.
+    gap = pl.duration(seconds=int(cfg.max_gap_hours * 3600), microseconds=int((cfg.max_gap_hours * 3600 % 1) * 1e6))
+    split_order = pl.col("split").replace_strict({s: i for i, s in enumerate(SPLITS)}, return_dtype=pl.Int8)
+    new = (
+        (pl.col("user_id") != pl.col("user_id").shift(1))
+        | (pl.col("split") != pl.col("split").shift(1))
+        | ((pl.col("utc_time") - pl.col("utc_time").shift(1)) > gap)
+    ).fill_null(True)
+    df = (
+        lf.with_columns(__split_order=split_order)
+        .sort("user_id", "__split_order", "utc_time", "poi_id")
+        .with_columns(__traj=new.cast(pl.Int64).cum_sum().over("user_id"))
+        .with_columns(trajectory_id=pl.concat_str(pl.col("user_id"), pl.lit("_"), pl.col("__traj").cast(pl.String)))
+        .drop("__traj")
+        .collect()
+    )
+
+    short = pl.len().over("trajectory_id") < cfg.min_trajectory_checkins
+    if cfg.min_trajectory_checkins > 1:
+        before = df.height
+        df = df.filter(~((pl.col("split") == "train") & short))
+        _removed("min_trajectory_checkins[train]", before, df.height, removed)
+    if cfg.drop_unseen:
+        train = df.filter(pl.col("split") == "train")
+        seen_users, seen_pois = train["user_id"].unique(), train["poi_id"].unique()
+        before = df.height
+        df = df.filter(
+            (pl.col("split") == "train")
+            | (pl.col("user_id").is_in(seen_users.implode()) & pl.col("poi_id").is_in(seen_pois.implode()))
+        )
+        _removed("drop_unseen", before, df.height, removed)
+    if cfg.min_trajectory_checkins > 1:
+        before = df.height
+        df = df.filter(~short)
+        _removed("min_trajectory_checkins[val,test]", before, df.height, removed)
+
+    train = df.filter(pl.col("split") == "train")
+    if train.height == 0:
+        raise SftDataError(f"{name}: the train split is empty after preprocessing; nothing to fit codes on")
+    df = _fit_codes(df, train).sort("user_id", "utc_time", "__split_order", maintain_order=True).drop("__split_order")
+    extras = [c for c in df.columns if c not in PREPARED_COLUMNS]
+    df = df.select(*PREPARED_COLUMNS, *extras)
+
+    per_split = split_stats(df)
+    stats: dict[str, Any] = {
+        "source": name,
+        "input_rows": n_input,
+        "removed": removed,
+        "splits": per_split,
+        "num_pois": int(df.filter(pl.col("split") == "train")["poi_idx"].max()) + 1,
+        "num_users": int(df.filter(pl.col("split") == "train")["user_idx"].max()) + 1,
+        "num_categories": int(df["category_idx"].max()) + 1,
+        "given_split": given_split,
+        "config": asdict(cfg),
+    }
+    for split in SPLITS:
+        s = per_split[split]
+        logger.info(
+            "prepare: %s has %d check-ins, %d users, %d POIs, %d trajectories",
+            split, s["checkins"], s["users"], s["pois"], s["trajectories"],
+        )
+    parts = {s: df.filter(pl.col("split") == s) for s in SPLITS}
+    path = None
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        for fname, frame in (("checkins", df), *parts.items()):
+            atomic_write(path / f"{fname}.parquet", frame.write_parquet)
+        atomic_write_json(path / "stats.json", stats)
+        logger.info("prepare: wrote %s/{checkins,train,val,test}.parquet and stats.json", path)
+    return PreparedData(checkins=df, train=parts["train"], val=parts["val"], test=parts["test"], stats=stats, path=path)
+
+
+def _codes(values: pl.Series, name: str) -> pl.DataFrame:
+    """0-based codes in sorted order of the ids (stable whatever the row order)."""
+    uniq = values.unique().sort()
+    return pl.DataFrame({values.name: uniq, name: pl.int_range(len(uniq), dtype=pl.Int64, eager=True)})
+
+
+def _fit_codes(df: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
+    users = _codes(train["user_id"], "user_idx")
+    pois = _codes(train["poi_id"], "poi_idx")
+    cats = _codes(train["category_id"], "category_idx")
+    # Categories first seen after train (possible when drop_unseen is off) get codes after train's.
+    extra = (
+        df.select("category_id").unique().join(cats, on="category_id", how="anti").sort("category_id")
+    )
+    if extra.height:
+        cats = pl.concat(
+            [cats, extra.with_columns(category_idx=pl.int_range(pl.len(), dtype=pl.Int64) + cats.height)]
+        )
+    return (
+        df.join(users, on="user_id", how="left")
+        .join(pois, on="poi_id", how="left")
+        .join(cats, on="category_id", how="left")
+    )
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    """Read what :func:`prepare` wrote in ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such prepared-data folder")
+    frames: dict[str, pl.DataFrame] = {}
+    for name in ("checkins", *SPLITS):
+        file = directory / f"{name}.parquet"
+        if not file.is_file():
+            raise SftDataError(f"{file}: missing; a prepared folder holds checkins/train/val/test.parquet")
+        frames[name] = pl.read_parquet(file)
+    missing = [c for c in PREPARED_COLUMNS if c not in frames["checkins"].columns]
+    if missing:
+        raise SftDataError(f"{directory / 'checkins.parquet'}: missing column {missing[0]!r} of the contract")
+    stats_file = directory / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    if "num_pois" not in stats:
+        train = frames["train"]
+        stats["num_pois"] = int(train["poi_idx"].max()) + 1 if train.height else 0
+    return PreparedData(
+        checkins=frames["checkins"],
+        train=frames["train"],
+        val=frames["val"],
+        test=frames["test"],
+        stats=stats,
+        path=directory,
+    )
