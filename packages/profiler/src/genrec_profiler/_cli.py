@@ -3,18 +3,124 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from genrec_profiler import __version__
+from genrec_profiler._errors import ProfilerError
+from genrec_profiler._generate import ProfilerConfig
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """Options from ProfilerConfig's fields; their metadata drives --help."""
+    for f in dataclasses.fields(ProfilerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        if f.name == "progress":
+            continue  # the CLI shows progress unless --no-progress
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name == "user_ids":
+            parser.add_argument(flag, nargs="+", default=None, metavar="USER", help=help_text)
+        else:
+            parser.add_argument(flag, type=int, default=f.default, metavar="N", help=f"{help_text} (default: {f.default})")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec-profiler", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    gen = sub.add_parser("generate", help="write one profile per user")
+    gen.add_argument("--data", required=True, help="prepared folder (genrec-sftdata) or a check-in parquet/csv")
+    gen.add_argument("--backend", required=True, choices=("local", "openai", "template"))
+    gen.add_argument("--model", default=None, help="local: HF folder, .gguf file or 'smollm2' (default); openai: model name")
+    gen.add_argument("--base-url", default=None, help="openai: server URL (default $OPENAI_BASE_URL or the OpenAI API)")
+    gen.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable with the API key")
+    gen.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (default: 8)")
+    gen.add_argument("--timeout", type=float, default=60.0, help="openai: request timeout in seconds (default: 60)")
+    gen.add_argument("--http-retries", type=int, default=4, help="openai: retries on 429/5xx/timeouts (default: 4)")
+    gen.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default: 512)")
+    gen.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    gen.add_argument("--out", required=True, help="profiles parquet file")
+    gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_config_options(gen)
+
+    stats = sub.add_parser("stats", help="attribute distributions, failures and cost of a profiles file")
+    stats.add_argument("file", help="profiles parquet file")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sim = sub.add_parser("similar", help="each user's top-k most similar users by summary embedding")
+    sim.add_argument("file", help="profiles parquet file")
+    sim.add_argument("--out", required=True, help="output parquet file")
+    sim.add_argument("-k", type=int, default=5, help="neighbours per user (default: 5)")
+    sim.add_argument("--encoder", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
     return parser
+
+
+def _client(args: argparse.Namespace) -> Any:
+    if args.backend == "template":
+        from genrec_profiler._template import TemplateBackend
+
+        return TemplateBackend()
+    if args.backend == "openai":
+        from genrec_profiler._openai import OpenAIBackend
+
+        return OpenAIBackend(
+            base_url=args.base_url, model=args.model, api_key_env=args.api_key_env, max_tokens=args.max_new_tokens,
+            temperature=args.temperature if args.sample else 0.0, seed=args.seed, concurrency=args.concurrency,
+            max_retries=args.http_retries, timeout=args.timeout,
+        )
+    from genrec_profiler._local import LocalBackend
+
+    return LocalBackend(args.model, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                        temperature=args.temperature, seed=args.seed)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from genrec_profiler._generate import generate_profiles
+    from genrec_profiler._stats import profile_stats
+
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProfilerConfig) if f.name != "progress"}
+    if options["user_ids"] is not None:
+        options["user_ids"] = tuple(options["user_ids"])
+    config = ProfilerConfig(**options, progress=not args.no_progress)
+    result = generate_profiles(args.data, config=config, client=_client(args), out=args.out)
+    print(
+        f"profiles: {result.path} ({result.n_users} users: {result.n_generated} generated, "
+        f"{result.n_resumed} already done; ok {result.n_ok}, repaired {result.n_repaired}, "
+        f"failed {result.n_failed}; tokens in/out {result.tokens_in}/{result.tokens_out}; {result.seconds:.1f}s)"
+    )
+    if result.no_train_users:
+        shown = ", ".join(result.no_train_users[:10])
+        print(f"skipped {len(result.no_train_users)} users without train check-ins: {shown}")
+    print(profile_stats(result.path).to_text())
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    import json
+
+    from genrec_profiler._stats import profile_stats
+
+    stats = profile_stats(args.file)
+    print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.to_text())
+    return 0
+
+
+def _similar(args: argparse.Namespace) -> int:
+    from genrec_profiler._similar import similar_users
+
+    table = similar_users(args.file, encoder=args.encoder, k=args.k, out=args.out)
+    print(f"similar users: {args.out} ({table.height} users, top {args.k})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    commands = {"generate": _generate, "stats": _stats, "similar": _similar}
+    try:
+        return commands[args.command](args)
+    except (ProfilerError, FileNotFoundError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,346 @@
+"""``generate_profiles``: prompts per user, a backend, validation with feedback retries, and a
+resumable, append-as-you-go profiles table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from genrec_profiler._client import Completion, LLMClient, ProfileRequest
+from genrec_profiler._digest import compute_digests, user_sentences
+from genrec_profiler._errors import ProfilerError
+from genrec_profiler._io import atomic_write_parquet
+from genrec_profiler._prompt import feedback_messages, fit_prompt
+from genrec_profiler._schema import ParsedProfile, parse_profile
+
+logger = logging.getLogger(__name__)
+
+#: Columns of the profiles table (DESIGN.md §2 first, then ours).
+PROFILE_SCHEMA: dict[str, Any] = {
+    "user_id": pl.String,
+    "traits": pl.List(pl.String),
+    "age": pl.String,
+    "gender": pl.String,
+    "education": pl.String,
+    "socioeco": pl.String,
+    "preferences": pl.List(pl.String),
+    "routines": pl.List(pl.String),
+    "summary": pl.String,
+    "backend": pl.String,
+    "model": pl.String,
+    "raw": pl.String,
+    "status": pl.String,
+    "error": pl.String,
+    "attempts": pl.Int32,
+    "tokens_in": pl.Int64,
+    "tokens_out": pl.Int64,
+    "n_checkins": pl.Int32,
+    "n_checkins_used": pl.Int32,
+    "n_checkins_cut": pl.Int32,
+    "seconds": pl.Float64,
+    "repairs": pl.List(pl.String),
+    "extra": pl.String,
+}
+REQUIRED_COLUMNS = ("user_id", "poi_id", "category_name", "latitude", "longitude", "local_time",
+                    "poi_idx", "category_idx")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfilerConfig:
+    """Options of a profiling run (the backend's own options live on the backend)."""
+
+    users: int | None = field(default=None, metadata={"help": "profile only the first N users"})
+    user_ids: tuple[str, ...] | None = field(default=None, metadata={"help": "profile only these users"})
+    batch_size: int = field(default=8, metadata={"help": "users sent to the backend at once"})
+    max_retries: int = field(
+        default=2, metadata={"help": "re-asks with feedback when the output is invalid (0 = none)"}
+    )
+    max_prompt_tokens: int | None = field(
+        default=None, metadata={"help": "cap on prompt tokens below the backend's own budget"}
+    )
+    max_checkins: int | None = field(
+        default=None, metadata={"help": "at most this many most recent check-ins in a prompt"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "start over instead of resuming"})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("users", "batch_size", "max_prompt_tokens", "max_checkins"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ProfilerError(f"ProfilerConfig.{name}: must be at least 1, got {value}")
+        if self.max_retries < 0:
+            raise ProfilerError(f"ProfilerConfig.max_retries: must be at least 0, got {self.max_retries}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileRunResult:
+    """What one :func:`generate_profiles` call did. Counts of ok/repaired/failed cover this run only."""
+
+    path: Path
+    n_users: int
+    n_generated: int
+    n_resumed: int
+    no_train_users: tuple[str, ...]
+    n_ok: int
+    n_repaired: int
+    n_failed: int
+    tokens_in: int
+    tokens_out: int
+    seconds: float
+
+
+def parts_dir(out: Path) -> Path:
+    """Where finished batches wait (one parquet file each) until the run merges them into ``out``."""
+    return out.with_name(out.name + ".parts")
+
+
+def _load(data: Any) -> tuple[pl.DataFrame, pl.DataFrame, Path | None, str]:
+    """(all check-ins, train check-ins, prepared folder or None, description)."""
+    if hasattr(data, "checkins") and hasattr(data, "train"):  # genrec_sftdata.PreparedData
+        return data.checkins, data.train, getattr(data, "path", None), "prepared data"
+    if isinstance(data, pl.LazyFrame):
+        data = data.collect()
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if path.is_dir():
+            from genrec_sftdata import load_prepared
+
+            prepared = load_prepared(path)
+            return prepared.checkins, prepared.train, path, str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such prepared-data folder or check-in file")
+        if path.suffix == ".parquet":
+            frame = pl.read_parquet(path)
+        elif path.suffix == ".csv":
+            frame = pl.read_csv(path, try_parse_dates=True)
+        else:
+            raise ProfilerError(f"{path}: expected a prepared folder, a .parquet or a .csv check-in file")
+        name = str(path)
+    elif isinstance(data, pl.DataFrame):
+        frame, name = data, "check-in frame"
+    else:
+        raise ProfilerError(f"data: expected a prepared folder, PreparedData or a DataFrame, got {type(data).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ProfilerError(f"{name}: missing column {missing[0]!r} of the check-in contract (DESIGN.md §2)")
+    if frame.schema["local_time"] == pl.String:
+        frame = frame.with_columns(pl.col("local_time").str.to_datetime())
+    train = frame.filter(pl.col("split") == "train") if "split" in frame.columns else frame
+    return frame, train, None, name
+
+
+def _user_order(checkins: pl.DataFrame) -> list[str]:
+    order = checkins.select(pl.col("user_id").cast(pl.String), *(["user_idx"] if "user_idx" in checkins.columns else []))
+    if "user_idx" in order.columns:
+        order = order.group_by("user_id").agg(pl.col("user_idx").min()).sort("user_idx", "user_id", nulls_last=True)
+    return order.unique("user_id", keep="first", maintain_order=True)["user_id"].to_list()
+
+
+def _read_done(out: Path) -> pl.DataFrame:
+    frames = []
+    if out.is_file():
+        frames.append(pl.read_parquet(out))
+    parts = parts_dir(out)
+    if parts.is_dir():
+        frames.extend(pl.read_parquet(p) for p in sorted(parts.glob("part-*.parquet")))
+    if not frames:
+        return pl.DataFrame(schema=PROFILE_SCHEMA)
+    return pl.concat(frames, how="diagonal_relaxed").unique("user_id", keep="first", maintain_order=True)
+
+
+def _merge(out: Path) -> pl.DataFrame:
+    """Fold the part files into ``out`` (atomically) and remove them; exactly one row per user."""
+    table = _read_done(out)
+    atomic_write_parquet(out, table)
+    parts = parts_dir(out)
+    if parts.is_dir():
+        for part in parts.glob("part-*.parquet"):
+            part.unlink(missing_ok=True)
+        for tmp in parts.glob(".*"):
+            tmp.unlink(missing_ok=True)
+        parts.rmdir()
+    return table
+
+
+def _row(user_id: str, parsed: ParsedProfile, *, raw: str, client: LLMClient, attempts: int,
+         tokens_in: int, tokens_out: int, n_checkins: int, n_used: int, n_cut: int, seconds: float) -> dict[str, Any]:
+    row = parsed.to_row()
+    row.update(
+        user_id=user_id, backend=client.backend, model=client.model, raw=raw, attempts=attempts,
+        tokens_in=tokens_in, tokens_out=tokens_out, n_checkins=n_checkins, n_checkins_used=n_used,
+        n_checkins_cut=n_cut, seconds=seconds,
+    )
+    return row
+
+
+def _run_batch(client: LLMClient, requests: list[ProfileRequest], max_retries: int) -> list[tuple[ParsedProfile, Completion, int, int, int]]:
+    """Ask, validate, re-ask the invalid ones with feedback. Per request: (parsed, last completion,
+    attempts, tokens_in, tokens_out)."""
+    final: dict[int, tuple[ParsedProfile, Completion, int, int, int]] = {}
+    tokens = {i: [0, 0] for i in range(len(requests))}
+    pending = list(enumerate(requests))
+    for attempt in range(max_retries + 1):
+        try:
+            completions = client.complete([r for _, r in pending])
+            if len(completions) != len(pending):
+                raise ProfilerError(f"backend {client.backend}: {len(completions)} completions for {len(pending)} requests")
+        except Exception as exc:
+            # One bad batch must not stop the run: its users are recorded as failed with the reason.
+            logger.exception("backend %s failed on a batch of %d", client.backend, len(pending))
+            completions = [Completion(text="", error=f"{type(exc).__name__}: {exc}")] * len(pending)
+        retry = []
+        for (i, request), completion in zip(pending, completions):
+            tokens[i][0] += completion.tokens_in
+            tokens[i][1] += completion.tokens_out
+            if completion.error is not None:
+                parsed = ParsedProfile(status="failed", error=f"backend error: {completion.error}")
+                final[i] = (parsed, completion, attempt + 1, *tokens[i])
+                continue
+            parsed = parse_profile(completion.text)
+            if parsed.ok or attempt == max_retries:
+                final[i] = (parsed, completion, attempt + 1, *tokens[i])
+            else:
+                logger.debug("user %s: invalid output (%s); retrying with feedback", request.user_id, parsed.error)
+                messages = feedback_messages(request.messages, completion.text, parsed.error or "invalid JSON")
+                retry.append((i, replace(request, messages=messages, attempt=attempt + 1)))
+        pending = retry
+        if not pending:
+            break
+    return [final[i] for i in range(len(requests))]
+
+
+def generate_profiles(
+    data: Any,
+    *,
+    config: ProfilerConfig | None = None,
+    client: LLMClient | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> ProfileRunResult:
+    """Write one profile per user with training check-ins to ``out`` (parquet; default
+    ``<prepared dir>/profiles.parquet``).
+
+    ``data`` is a prepared folder, a ``genrec_sftdata.PreparedData`` or a check-in frame/file with the
+    contract columns (rows with ``split == "train"`` are used when there is a split column). Finished
+    batches are written atomically as they complete, so a killed run loses at most the batch in flight;
+    calling again with the same ``out`` skips users already profiled (``overwrite=True`` starts over).
+    Users without training check-ins are logged and skipped. ``client`` defaults to
+    :class:`LocalBackend` with SmolLM2.
+    """
+    config = config or ProfilerConfig()
+    start = time.perf_counter()
+    checkins, train, folder, name = _load(data)
+    if out is None:
+        if folder is None:
+            raise ProfilerError("generate_profiles: out= is required unless data is a prepared folder")
+        out = folder / "profiles.parquet"
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise ProfilerError(f"{out_path}: out must be a parquet file path, not a folder")
+
+    users = _user_order(checkins)
+    if config.user_ids is not None:
+        wanted = set(config.user_ids)
+        unknown = sorted(wanted - set(users))
+        if unknown:
+            raise ProfilerError(f"{name}: user_ids: user {unknown[0]!r} has no check-ins")
+        users = [u for u in users if u in wanted]
+    if config.users is not None:
+        users = users[: config.users]
+    train = train.filter(pl.col("user_id").cast(pl.String).is_in(users))
+    with_train = set(train["user_id"].cast(pl.String).unique().to_list())
+    no_train = tuple(u for u in users if u not in with_train)
+    for user in no_train:
+        logger.warning("user %s has no train check-ins in %s; skipped", user, name)
+    users = [u for u in users if u in with_train]
+
+    if config.overwrite:
+        out_path.unlink(missing_ok=True)
+        _parts = parts_dir(out_path)
+        if _parts.is_dir():
+            for p in _parts.iterdir():
+                p.unlink()
+            _parts.rmdir()
+    done = set(_read_done(out_path)["user_id"].to_list())
+    todo = [u for u in users if u not in done]
+    n_resumed = len(users) - len(todo)
+    if n_resumed:
+        logger.info("resuming %s: %d of %d users already done", out_path, n_resumed, len(users))
+
+    if client is None:
+        from genrec_profiler._local import LocalBackend
+
+        client = LocalBackend()
+    budget = client.prompt_token_budget
+    if config.max_prompt_tokens is not None:
+        budget = config.max_prompt_tokens if budget is None else min(budget, config.max_prompt_tokens)
+
+    todo_train = train.filter(pl.col("user_id").cast(pl.String).is_in(todo))
+    digests = compute_digests(todo_train)
+    sentences = user_sentences(todo_train)
+
+    from tqdm.auto import tqdm
+
+    parts = parts_dir(out_path)
+    counts = {"ok": 0, "repaired": 0, "failed": 0}
+    tokens_in = tokens_out = 0
+    existing = sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []
+    next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+    with tqdm(total=len(todo), disable=not config.progress, desc="profiles", unit="user") as bar:
+        for lo in range(0, len(todo), config.batch_size):
+            batch_start = time.perf_counter()
+            batch = todo[lo : lo + config.batch_size]
+            requests, fitted = [], []
+            for user in batch:
+                digest = digests[user]
+                fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,
+                                 count_tokens=client.count_tokens, max_checkins=config.max_checkins)
+                if fit.n_cut:
+                    logger.debug("user %s: kept %d of %d check-ins", user, fit.n_used, fit.n_used + fit.n_cut)
+                fitted.append(fit)
+                requests.append(ProfileRequest(user_id=user, messages=fit.messages, digest=digest))
+            results = _run_batch(client, requests, config.max_retries)
+            seconds = (time.perf_counter() - batch_start) / len(batch)
+            rows = []
+            for user, fit, (parsed, completion, attempts, t_in, t_out) in zip(batch, fitted, results):
+                rows.append(_row(user, parsed, raw=completion.text, client=client, attempts=attempts,
+                                 tokens_in=t_in, tokens_out=t_out, n_checkins=digests[user].n_checkins,
+                                 n_used=fit.n_used, n_cut=fit.n_cut, seconds=seconds))
+                counts[parsed.status] += 1
+                tokens_in += t_in
+                tokens_out += t_out
+                if parsed.status == "failed":
+                    logger.warning("user %s: profile failed: %s", user, parsed.error)
+            parts.mkdir(parents=True, exist_ok=True)
+            atomic_write_parquet(parts / f"part-{next_part:06d}.parquet", pl.DataFrame(rows, schema=PROFILE_SCHEMA))
+            next_part += 1
+            bar.update(len(batch))
+    _merge(out_path)
+    return ProfileRunResult(
+        path=out_path,
+        n_users=len(users),
+        n_generated=len(todo),
+        n_resumed=n_resumed,
+        no_train_users=no_train,
+        n_ok=counts["ok"],
+        n_repaired=counts["repaired"],
+        n_failed=counts["failed"],
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def read_profiles(path: str | os.PathLike[str]) -> pl.DataFrame:
+    """The profiles table at ``path``, including batches of an unfinished run still in part files."""
+    path = Path(path)
+    if not path.is_file() and not parts_dir(path).is_dir():
+        raise FileNotFoundError(f"{path}: no profiles table")
+    return _read_done(path)
+

@@ -1,0 +1,93 @@
+"""GenUP-style prompt: the user's most recent check-ins that fit, the digest, and the JSON schema."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from genrec_profiler._client import Message
+from genrec_profiler._schema import AGE_GROUPS, EDUCATION_LEVELS, GENDERS, SOCIOECO_LEVELS, TRAIT_POLES
+
+SYSTEM_PROMPT = (
+    "You are an expert in human mobility and personality. From a user's location check-ins you infer a "
+    "profile and answer with one JSON object only."
+)
+
+_TRAITS = "; ".join(f"{hi} or {lo}" for _, hi, lo in TRAIT_POLES)
+SCHEMA_TEXT = (
+    "Answer with only a JSON object with exactly these keys:\n"
+    f'"traits": a list of five Big Five poles, one from each pair in this order: {_TRAITS};\n'
+    f'"age": one of {", ".join(AGE_GROUPS)};\n'
+    f'"gender": one of {", ".join(g for g in GENDERS if g != "unknown")};\n'
+    f'"education": one of {", ".join(EDUCATION_LEVELS)};\n'
+    f'"socioeco": one of {", ".join(SOCIOECO_LEVELS)};\n'
+    '"preferences": a list of short phrases about the places and activities the user likes;\n'
+    '"routines": a list of short phrases about when and where the user usually goes;\n'
+    '"summary": about 200 words describing the user in the second person ("You are ..."), usable as a '
+    "system prompt."
+)
+FEEDBACK = (
+    "Your answer could not be used: {error}. Reply again with only the JSON object, with all eight keys "
+    "and only the allowed values."
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FittedPrompt:
+    messages: tuple[Message, ...]
+    n_used: int
+    n_cut: int
+
+
+def render_messages(user_id: str, sentences: Sequence[str], digest_text: str, n_cut: int) -> tuple[Message, ...]:
+    if n_cut:
+        intro = (
+            f"Here are the {len(sentences)} most recent check-ins of user {user_id} (the {n_cut} older "
+            "ones did not fit and are only covered by the statistics below), oldest first:"
+        )
+    else:
+        intro = f"Here are all {len(sentences)} check-ins of user {user_id}, oldest first:"
+    body = "\n".join(sentences)
+    user = f"{intro}\n{body}\n\n{digest_text}\n\n{SCHEMA_TEXT}"
+    return ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user})
+
+
+def fit_prompt(
+    user_id: str,
+    sentences: Sequence[str],
+    digest_text: str,
+    *,
+    budget: int | None,
+    count_tokens,
+    max_checkins: int | None = None,
+) -> FittedPrompt:
+    """Keep the most recent check-ins whose tokens fit in ``budget`` next to the fixed parts.
+
+    Token counts are summed per sentence (plus one for the newline), which is exact up to merges
+    across sentence boundaries; we keep a small safety margin for those and for the chat template.
+    """
+    kept = list(sentences[-max_checkins:]) if max_checkins else list(sentences)
+    if budget is not None and kept:
+        fixed = render_messages(user_id, [], digest_text, n_cut=len(sentences))
+        overhead = sum(count_tokens([m["content"] for m in fixed])) + 16 * len(fixed)
+        room = int((budget - overhead) * 0.97)
+        counts = count_tokens(kept)
+        total = 0
+        start = len(kept)
+        while start > 0 and total + counts[start - 1] + 1 <= room:
+            total += counts[start - 1] + 1
+            start -= 1
+        kept = kept[start:]
+    n_cut = len(sentences) - len(kept)
+    return FittedPrompt(
+        messages=render_messages(user_id, kept, digest_text, n_cut), n_used=len(kept), n_cut=n_cut
+    )
+
+
+def feedback_messages(messages: Sequence[Message], answer: str, error: str) -> tuple[Message, ...]:
+    """The conversation for a retry: the prompt, the rejected answer and what was wrong with it."""
+    return (
+        *messages,
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": FEEDBACK.format(error=error)},
+    )
