@@ -117,6 +117,10 @@ def pytest_command(
         f"python_files={BENCH_FILES}",
         "-p",
         "no:cacheprovider",
+        # hypothesis' plugin costs seconds of import per package on a 2-core machine; no benchmark
+        # uses it.
+        "-p",
+        "no:hypothesispytest",
         "-m",
         markexpr,
         f"--benchmark-json={json_path}",
