@@ -229,7 +229,7 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
     train = df.filter(pl.col("split") == "train")
     if train.height == 0:
         raise SftDataError(f"{name}: the train split is empty after preprocessing; nothing to fit codes on")
-    df = _fit_codes(df, train).sort("user_id", "utc_time", "__split_order", maintain_order=True).drop("__split_order")
+    df = _fit_codes(df, train).sort("user_id", "utc_time", "__split_order", "poi_id").drop("__split_order")
     extras = [c for c in df.columns if c not in PREPARED_COLUMNS]
     df = df.select(*PREPARED_COLUMNS, *extras)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Sequence
@@ -226,13 +227,14 @@ def from_getnext(frame: pl.DataFrame, *, source: str = "GETNext CSV") -> pl.Data
 
 def _read_tsmc(path: Path) -> pl.DataFrame:
     names = ["user_id", "poi_id", "category_id", "category_name", "latitude", "longitude", "timezone", "utc_raw"]
+    # TSMC2014 is latin-1 (venue category names such as "Caf\xe9"): decode it exactly, hand Polars UTF-8.
+    text = path.read_bytes().decode("latin-1").encode("utf-8")
     try:
         frame = pl.read_csv(
-            path,
+            io.BytesIO(text),
             separator="\t",
             has_header=False,
             new_columns=names,
-            encoding="utf8-lossy",
             schema_overrides={n: pl.String for n in names},
             quote_char=None,
         )
@@ -240,11 +242,6 @@ def _read_tsmc(path: Path) -> pl.DataFrame:
         raise SftDataError(f"{path}: cannot read as TSMC2014 (8 tab-separated fields): {exc}") from exc
     if frame.width != 8:
         raise SftDataError(f"{path}: TSMC2014 rows have 8 tab-separated fields, found {frame.width}")
-    # TSMC2014 is latin-1; utf8-lossy replaced undecodable bytes, so re-read the names exactly.
-    if frame["category_name"].str.contains("\ufffd").any():
-        raw = path.read_bytes().decode("latin-1")
-        cats = [line.split("\t")[3] for line in raw.splitlines() if line]
-        frame = frame.with_columns(category_name=pl.Series(cats))
     utc = _parse_time(frame, "utc_raw", "%a %b %d %H:%M:%S %z %Y", source=str(path), out="utc_time", utc=False)
     tz = pl.col("timezone").cast(pl.Int64, strict=False)
     bad = frame.select(b=tz.is_null()).with_row_index().filter(pl.col("b"))
