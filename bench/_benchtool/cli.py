@@ -172,14 +172,16 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     packages, missing = _select_packages(args.package, bench_root)
     device = detect_device(args.device)
     markexpr = args.markexpr if args.markexpr is not None else _markexpr(args.size, device.kind == "cuda")
-    run_dir = (args.run_dir or Path(tempfile.mkdtemp(prefix="genrec-bench-"))).resolve()
+    run_dir: Path | None = args.run_dir.resolve() if args.run_dir else None
+    if run_dir is None and packages:
+        run_dir = Path(tempfile.mkdtemp(prefix="genrec-bench-"))
     extra = [*(["-k", args.keyword] if args.keyword else []), *pytest_args]
     env = {**os.environ, SIZE_ENV: args.size, **device_env(device)}
 
     print(f"device: {device.name} (results folder: {device.slug})")
-    print(
-        f"size: {args.size}; compare: {args.compare}; markers: {markexpr or '(all)'}; run folder: {run_dir}"
-    )
+    print(f"size: {args.size}; compare: {args.compare}; markers: {markexpr or '(all)'}")
+    if run_dir is not None:
+        print(f"run folder (JSON, JUnit XML, logs): {run_dir}")
     for name in missing:
         print(f"{name}: no benchmarks yet, skipped")
     if not packages:
@@ -194,7 +196,7 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
         result = run_package(
             package,
             bench_root=bench_root,
-            run_dir=run_dir,
+            run_dir=run_dir or Path(tempfile.mkdtemp(prefix="genrec-bench-")),
             config=REPO_ROOT / "pyproject.toml",
             env=env,
             markexpr=markexpr,
@@ -250,7 +252,8 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     if args.report:
         readme, pngs = write_report(results_dir)
         print(f"results page: {readme} ({len(pngs)} plots)")
-    print(f"run folder (JSON, JUnit XML, logs): {run_dir}")
+    if run_dir is not None:
+        print(f"run folder (JSON, JUnit XML, logs): {run_dir}")
     print(f"total wall time: {total:.1f} s for {len(packages)} packages")
 
     bad_rows = [r for r in rows if r.failed]
