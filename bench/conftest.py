@@ -24,7 +24,7 @@ from _benchtool.provenance import annotate, provenance  # noqa: E402
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     info = provenance()
-    machine_info["genrec"] = {key: info[key] for key in ("device", "device_slug", "device_kind")}
+    machine_info["genrec"] = {key: info[key] for key in ("device_name", "device_slug", "device_kind")}
     machine_info["genrec"]["versions"] = info["versions"]
 
 

@@ -189,6 +189,7 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
 
     total_start = time.perf_counter()
     rows: list[Row] = []
+    summary: list[str] = []
     failed_packages: list[str] = []
     written: list[str] = []
     for package in packages:
@@ -208,6 +209,9 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
             f"{package}: {result.status}, {len(current)} benchmarks"
             f"{f', {result.skipped} skipped' if result.skipped else ''}, wall time {result.seconds:.1f} s",
             flush=True,
+        )
+        summary.append(
+            f"  {package:<12} {result.status:<8} {len(current):>4} benchmarks  {result.seconds:7.1f} s"
         )
         if args.verbose:
             print(log_tail(result.log, lines=10**9))
@@ -254,6 +258,9 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
         print(f"results page: {readme} ({len(pngs)} plots)")
     if run_dir is not None:
         print(f"run folder (JSON, JUnit XML, logs): {run_dir}")
+    if summary:
+        print("wall time per package:")
+        print("\n".join(summary))
     print(f"total wall time: {total:.1f} s for {len(packages)} packages")
 
     bad_rows = [r for r in rows if r.failed]

@@ -36,6 +36,9 @@ LIBRARIES = (
 )
 
 
+OWN_KEYS = frozenset({"device_name", "device_slug", "device_kind", SIZE_KEY})
+
+
 def bench_size() -> str:
     return os.environ.get(SIZE_ENV) or "quick"
 
@@ -57,6 +60,7 @@ def provenance() -> dict[str, Any]:
     device = detect_device()
     return {
         "device": device.name,
+        "device_name": device.name,
         "device_slug": device.slug,
         "device_kind": device.kind,
         SIZE_KEY: bench_size(),
@@ -66,13 +70,14 @@ def provenance() -> dict[str, Any]:
 
 def annotate(benchmarks: list[dict[str, Any]], info: dict[str, Any]) -> None:
     """Add ``info`` to each benchmark's ``extra_info`` without overwriting what the benchmark set
-    itself (a benchmark that records ``device="cuda:0"`` keeps it; ``device_slug`` is still ours)."""
+    itself (a benchmark that records ``device="cuda:0"`` keeps it), except for the keys that are ours
+    alone: ``device_name``, ``device_slug``, ``device_kind`` and ``bench_size``."""
     for entry in benchmarks:
         extra = entry.setdefault("extra_info", {})
         for key, value in info.items():
             if key == "versions" and isinstance(extra.get(key), dict):
                 extra[key] = {**value, **extra[key]}
-            elif key in ("device_slug", SIZE_KEY):
+            elif key in OWN_KEYS:
                 extra[key] = value
             else:
                 extra.setdefault(key, value)

@@ -164,7 +164,9 @@ def _verdict(bench: Bench) -> str:
 
 def _device_header(slug: str, items: Iterable[Saved]) -> list[str]:
     items = list(items)
-    names = sorted({str(s.bench.extra_info.get("device")) for s in items if s.bench.extra_info.get("device")})
+    names = sorted(
+        {str(s.bench.extra_info.get("device_name")) for s in items if s.bench.extra_info.get("device_name")}
+    )
     dates = sorted(
         str(s.bench.extra_info.get("measured_at")) for s in items if s.bench.extra_info.get("measured_at")
     )

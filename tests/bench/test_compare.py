@@ -6,6 +6,7 @@ import pytest
 
 from _benchtool import device as device_mod
 from _benchtool.compare import compare_package, format_table
+from _benchtool.provenance import annotate, library_versions
 from _benchtool.results import benches, merge_into_baseline
 
 from ._synthetic import entry, run
@@ -168,3 +169,31 @@ def test_detect_device_prefers_what_run_py_hands_down(monkeypatch: pytest.Monkey
     assert device_mod.detect_device().kind == "cpu"
     assert device_mod.detect_device().slug.endswith(f"-{device_mod.cpu_count()}c")
     assert device_mod.detect_device("CI box").slug == "ci-box"
+
+
+def test_annotate_keeps_what_the_benchmark_set_but_owns_its_keys() -> None:
+    entries = [
+        {"extra_info": {"device": "cuda:0", "bench_size": "stale", "versions": {"torch": "mine"}}},
+        {},
+    ]
+    info = {
+        "device": "NVIDIA H100",
+        "device_name": "NVIDIA H100",
+        "device_slug": "nvidia-h100",
+        "device_kind": "cuda",
+        "bench_size": "full",
+        "versions": {"torch": "2.5", "numpy": "2.0"},
+    }
+    annotate(entries, info)
+    first, second = (e["extra_info"] for e in entries)
+    assert first["device"] == "cuda:0"
+    assert first["device_name"] == "NVIDIA H100"
+    assert first["bench_size"] == "full"
+    assert first["versions"] == {"torch": "mine", "numpy": "2.0"}
+    assert second == info
+
+
+def test_library_versions_come_from_metadata() -> None:
+    versions = library_versions()
+    assert versions["python"].count(".") == 2
+    assert "pytest-benchmark" in versions

@@ -41,7 +41,7 @@ def test_report_writes_readme_and_one_png_per_benchmark(tmp_path: Path) -> None:
         results,
         "nvidia-h100",
         "otcoreset",
-        run(entry(f"{SINK}[16384]", 0.05, params={"n": 16384}, device="NVIDIA H100")),
+        run(entry(f"{SINK}[16384]", 0.05, params={"n": 16384}, device_name="NVIDIA H100", device="cuda:0")),
     )
     stale = results / "amd-epyc-2c" / "plots" / "gone.png"
     stale.parent.mkdir(parents=True)

@@ -102,6 +102,7 @@ def test_end_to_end_on_a_synthetic_bench_tree(tmp_path: Path) -> None:
     extra = saved["benchmarks"][0]["extra_info"]
     assert extra["device_slug"] == "test-box"
     assert extra["device"] == "Test Box"
+    assert extra["device_name"] == "Test Box"
     assert extra["bench_size"] == "quick"
     assert extra["size"] == "quick"  # GENREC_BENCH_SIZE reached the benchmark
     assert "pytest-benchmark" in extra["versions"]
