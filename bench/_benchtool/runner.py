@@ -190,6 +190,9 @@ def run_package(
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             returncode = None
+        except BaseException:  # Ctrl-C: its own session does not get our SIGINT, so end it here
+            _kill_group(proc)
+            raise
     seconds = time.perf_counter() - start
     try:
         run = load_json(json_path)
