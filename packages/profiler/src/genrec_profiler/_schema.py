@@ -323,6 +323,8 @@ def _as_text_list(value: Any, name: str, repairs: list[str]) -> tuple[str, ...]:
             out.append(clean)
     if not out:
         raise ValueError(f"field {name!r}: empty list")
+    if isinstance(value, list) and out != value:
+        repairs.append(f"{name}: stripped bullets, blanks or duplicates")
     return tuple(out)
 
 
@@ -366,6 +368,12 @@ def _trait_pole(text: str) -> tuple[int, str] | None:
 def _traits(value: Any, repairs: list[str]) -> tuple[str, ...]:
     poles: dict[int, str] = {}
     items: list[tuple[str | None, Any]]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        # [{"trait": "Extraversion", "level": "high"}, ...] -> {"Extraversion": "high", ...}
+        pairs = [[x for x in v.values() if isinstance(x, (str, int, float))] for v in value]
+        if all(len(p) == 2 for p in pairs):
+            value = {str(p[0]): p[1] for p in pairs}
+            repairs.append("traits: flattened a list of trait objects")
     if isinstance(value, dict):
         items = list(value.items())
     elif isinstance(value, str):
@@ -391,14 +399,6 @@ def _traits(value: Any, repairs: list[str]) -> tuple[str, ...]:
             _, hi, lo = TRAIT_POLES[dim_from_key]
             scale = 1.0 if float(item) <= 1.0 else 10.0 if float(item) <= 10 else 100.0
             hit = (dim_from_key, hi if float(item) / scale >= 0.5 else lo)
-        elif isinstance(item, dict) and dim_from_key is None and key is None:
-            # [{"trait": "extraversion", "level": "high"}]
-            vals = [v for v in item.values() if isinstance(v, str)]
-            sub = _traits(dict(zip(vals[::2], vals[1::2])), repairs) if len(vals) >= 2 else ()
-            for pole in sub:
-                found = _TRAIT_ALIASES[pole]
-                poles.setdefault(found[0], found[1])
-            continue
         if hit is None and key is not None and dim_from_key is None:
             hit = _trait_pole(key) if item in (True, "yes", "true") else None
         if hit is None:
