@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="where this run's JSON, JUnit XML and logs go (default: a new temporary folder)",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="print each package's full pytest output"
     )
@@ -285,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         return _run(args, pytest_args)
-    except UsageError as exc:
+    except (UsageError, ValueError, FileNotFoundError) as exc:  # bad option, unreadable results file
+        if args.debug:
+            raise
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -88,7 +88,10 @@ def load_json(path: Path) -> dict[str, Any] | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks", []), list):
         raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
     return data

@@ -148,6 +148,14 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["--size", "huge"]) == 2
     assert main(["--bench-root", str(tmp_path / "missing")]) == 2
     assert main(["--bench-root", str(bench), "--timeout-per-package", "0"]) == 2
+    broken = tmp_path / "results" / "dev" / "p.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("{not json")
+    capsys.readouterr()
+    assert (
+        main(["--bench-root", str(bench), "--results-dir", str(tmp_path / "results"), "--report-only"]) == 2
+    )
+    assert f"{broken}: not valid JSON" in capsys.readouterr().err
 
 
 def test_nothing_to_run_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
