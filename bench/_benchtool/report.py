@@ -128,6 +128,8 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
         ]
         if values and min(values) > 0 and max(values) / min(values) > 20:
             ax.set_yscale("log")
+        else:
+            ax.set_ylim(bottom=0)  # linear: start at zero so a small difference does not look large
         xs_all = [x for _, x, _ in points if x is not None]
         if numeric and xs_all and min(xs_all) > 0 and len(set(xs_all)) > 1 and max(xs_all) / min(xs_all) > 20:
             ax.set_xscale("log")
