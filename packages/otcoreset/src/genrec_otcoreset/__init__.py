@@ -4,6 +4,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from genrec_otcoreset._errors import OtCoresetError
 from genrec_otcoreset._exact import ExactOTResult, exact_ot
+from genrec_otcoreset._features import FeatureSet, compute_features, load_features, save_features
+from genrec_otcoreset._select import METHODS, SelectionResult, select
 from genrec_otcoreset._sinkhorn import SinkhornBackend, SinkhornResult, sinkhorn, sinkhorn_gathered
 
 try:
@@ -12,12 +14,19 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "METHODS",
     "ExactOTResult",
+    "FeatureSet",
     "OtCoresetError",
+    "SelectionResult",
     "SinkhornBackend",
     "SinkhornResult",
     "__version__",
+    "compute_features",
     "exact_ot",
+    "load_features",
+    "save_features",
+    "select",
     "sinkhorn",
     "sinkhorn_gathered",
 ]

@@ -1,0 +1,231 @@
+"""``select``: ITRA (plain or label-enhanced) and the baselines behind one call."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from genrec_otcoreset._baselines import grand, kcenter, random_subset, stratified
+from genrec_otcoreset._cost import build_cost, exact_poo, resolve_device
+from genrec_otcoreset._errors import OtCoresetError
+
+__all__ = ["METHODS", "SelectionResult", "label_shares", "select"]
+
+log = logging.getLogger(__name__)
+
+Method = Literal["itra", "random", "grand", "kcenter", "stratified"]
+METHODS: tuple[str, ...] = ("itra", "random", "grand", "kcenter", "stratified")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionResult:
+    """A selected coreset.
+
+    ``indices`` are row numbers into the training pool in rank order (for ITRA the greedy order, a
+    swapped-in record taking its predecessor's place). ``poo`` is the exact POO of the selection
+    (with labels: the validation-frequency-weighted sum of the per-label exact POOs, since no mass
+    crosses labels). ``trace`` is the exact POO after greedy and after every accepted swap (baselines:
+    the final POO only).
+    """
+
+    indices: np.ndarray
+    poo: float
+    trace: tuple[float, ...]
+    seconds: float
+    method: str
+    swaps: int = 0
+    exact_solves: int = 0
+
+
+def _matrix(value: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise OtCoresetError(f"{name} must be a numeric matrix: {exc}") from exc
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise OtCoresetError(f"{name} must be a non-empty 2-D matrix (rows, dim), got shape {arr.shape}")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise OtCoresetError(f"{name} has {int(bad.sum())} NaN/inf value(s), first at row {row}, column {col}")
+    return arr
+
+
+def _labels(value: Any, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise OtCoresetError(f"{name} must be 1-D with one label per row ({n}), got shape {arr.shape}")
+    return arr
+
+
+def label_shares(val_labels: np.ndarray, budget: int) -> dict[Any, int]:
+    """Budget per label, proportional to its validation frequency (largest remainder, sums to budget)."""
+    values, counts = np.unique(val_labels, return_counts=True)
+    exact = counts / counts.sum() * budget
+    base = np.floor(exact).astype(np.int64)
+    left = budget - int(base.sum())
+    # Largest remainders first; ties go to the more frequent, then the smaller label.
+    order = sorted(range(len(values)), key=lambda i: (-(exact[i] - base[i]), -counts[i], i))
+    for i in order[:left]:
+        base[i] += 1
+    return {values[i].item() if hasattr(values[i], "item") else values[i]: int(base[i]) for i in range(len(values))}
+
+
+def _run_one(
+    x: np.ndarray,
+    g: np.ndarray,
+    y: np.ndarray,
+    *,
+    budget: int,
+    method: str,
+    lam: float,
+    candidates: int,
+    max_swaps: int,
+    seed: int,
+    device: Any,
+    progress: bool,
+    screen: int,
+    confirm: int,
+    use_sinkhorn: bool,
+) -> tuple[np.ndarray, tuple[float, ...], int, int]:
+    """One unlabelled selection: indices, exact POO trace, swaps, exact solves."""
+    from genrec_otcoreset._itra import greedy_init, refine_swaps
+
+    cost = build_cost(x, g, y, lam=lam, device=device)
+    if method == "itra":
+        init = greedy_init(cost, budget)
+        stats = refine_swaps(
+            cost, init, candidates=candidates, max_swaps=max_swaps, screen=screen, confirm=confirm,
+            use_sinkhorn=use_sinkhorn, progress=progress,
+        )
+        return stats.indices, stats.trace, stats.swaps, stats.exact_solves
+    if method == "random":
+        idx = random_subset(x.shape[0], budget, seed=seed)
+    elif method == "grand":
+        idx = grand(g, budget)
+    elif method == "kcenter":
+        idx = kcenter(x, budget, seed=seed, device=str(device))
+    else:
+        idx = stratified(g, budget, seed=seed)
+    return idx, (exact_poo(cost, idx),), 0, 1
+
+
+def select(
+    *,
+    embeddings: Any,
+    grad_norms: Any,
+    val_embeddings: Any,
+    budget: int,
+    method: Method | str = "itra",
+    lam: float = 0.1,
+    labels: Sequence[Any] | np.ndarray | None = None,
+    val_labels: Sequence[Any] | np.ndarray | None = None,
+    candidates: int = 30,
+    max_swaps: int = 100,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = False,
+    screen: int = 8,
+    confirm: int = 3,
+    use_sinkhorn: bool = True,
+) -> SelectionResult:
+    """Select ``budget`` training records whose distribution best matches the validation set.
+
+    ``embeddings (N, d)`` and ``grad_norms (N,)`` describe the training pool, ``val_embeddings (m, d)``
+    the validation set; the cost is ``d/max d - lam g/max g`` min-max scaled. With ``labels`` and
+    ``val_labels`` (any number of classes) the budget is split by validation label frequency and each
+    label is selected on its own, so no mass is transported across labels. ``candidates`` members and
+    outsiders are kept per swap round; ``screen`` pairs go through gathered Sinkhorn (``use_sinkhorn``)
+    and the best ``confirm`` through the exact solver. Raises :class:`OtCoresetError` on bad input.
+    """
+    start = time.perf_counter()
+    x = _matrix(embeddings, "embeddings")
+    y = _matrix(val_embeddings, "val_embeddings")
+    g = np.asarray(grad_norms, dtype=np.float64)
+    n = x.shape[0]
+    if x.shape[1] != y.shape[1]:
+        raise OtCoresetError(
+            f"embeddings and val_embeddings must have the same dimension, got {x.shape[1]} and {y.shape[1]}"
+        )
+    if g.ndim != 1 or g.shape[0] != n:
+        raise OtCoresetError(f"grad_norms must be 1-D with one value per embedding row ({n}), got shape {g.shape}")
+    if not np.isfinite(g).all():
+        raise OtCoresetError(f"grad_norms has NaN/inf at row {int(np.flatnonzero(~np.isfinite(g))[0])}")
+    if (g < 0).any():
+        raise OtCoresetError(f"grad_norms must be >= 0, got {float(g.min())} at row {int(g.argmin())}")
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or not 1 <= budget <= n:
+        raise OtCoresetError(f"budget must be an integer in [1, {n}] (the pool size), got {budget!r}")
+    budget = int(budget)
+    if method not in METHODS:
+        raise OtCoresetError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not math.isfinite(lam) or lam < 0:
+        raise OtCoresetError(f"lam must be a finite number >= 0, got {lam!r}")
+    for name, val in (("candidates", candidates), ("screen", screen), ("confirm", confirm)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise OtCoresetError(f"{name} must be an integer >= 1, got {val!r}")
+    if isinstance(max_swaps, bool) or not isinstance(max_swaps, int) or max_swaps < 0:
+        raise OtCoresetError(f"max_swaps must be an integer >= 0, got {max_swaps!r}")
+    dev = resolve_device(device)
+    common: dict[str, Any] = dict(
+        method=method, lam=lam, candidates=candidates, max_swaps=max_swaps, seed=seed, device=dev,
+        progress=progress, screen=screen, confirm=confirm, use_sinkhorn=use_sinkhorn,
+    )
+    if (labels is None) != (val_labels is None):
+        raise OtCoresetError("labels and val_labels must be given together (both or neither)")
+    if labels is None:
+        idx, trace, swaps, solves = _run_one(x, g, y, budget=budget, **common)
+        result = SelectionResult(
+            indices=idx, poo=trace[-1], trace=trace, seconds=time.perf_counter() - start,
+            method=method, swaps=swaps, exact_solves=solves,
+        )
+        log.info("%s selected %d of %d, exact POO %.6g", method, budget, n, result.poo)
+        return result
+    lab = _labels(labels, n, "labels")
+    vlab = _labels(val_labels, y.shape[0], "val_labels")
+    train_set = set(np.unique(lab).tolist())
+    missing = [v for v in np.unique(vlab).tolist() if v not in train_set]
+    if missing:
+        raise OtCoresetError(f"val_labels has label(s) {missing} that no training record has (labels)")
+    shares = label_shares(vlab, budget)
+    parts: list[np.ndarray] = []
+    poo_total, trace_parts, swaps_total, solves_total = 0.0, [], 0, 0
+    finals: dict[Any, float] = {}
+    for value, share in shares.items():
+        if share == 0:
+            continue
+        rows = np.flatnonzero(lab == value)
+        vrows = np.flatnonzero(vlab == value)
+        if share > rows.size:
+            raise OtCoresetError(
+                f"label {value!r} needs {share} records (its validation share of budget {budget}) "
+                f"but the pool has only {rows.size}"
+            )
+        idx, trace, swaps, solves = _run_one(x[rows], g[rows], y[vrows], budget=share, **common)
+        weight = vrows.size / y.shape[0]
+        parts.append(rows[idx])
+        finals[value] = trace[-1]
+        trace_parts.append((weight, trace))
+        swaps_total += swaps
+        solves_total += solves
+        poo_total += weight * trace[-1]
+    # The combined trace: labels are refined one after another, the others held at their start (before
+    # their turn) or their final value (after it).
+    combined: list[float] = []
+    starts = [t[0] for _, t in trace_parts]
+    ends = [t[-1] for _, t in trace_parts]
+    for li, (_, tr) in enumerate(trace_parts):
+        for step_value in tr if li == 0 else tr[1:]:
+            vals = [*ends[:li], step_value, *starts[li + 1 :]]
+            combined.append(sum(w * v for (w, _), v in zip(trace_parts, vals)))
+    result = SelectionResult(
+        indices=np.concatenate(parts).astype(np.int64), poo=poo_total, trace=tuple(combined),
+        seconds=time.perf_counter() - start, method=method, swaps=swaps_total, exact_solves=solves_total,
+    )
+    log.info("%s selected %d of %d over %d labels, exact POO %.6g", method, budget, n, len(parts), poo_total)
+    return result
