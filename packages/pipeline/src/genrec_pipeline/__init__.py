@@ -1,10 +1,32 @@
-"""genrec-pipeline."""
+"""genrec-pipeline: ``genrec run`` composes every genrec stage from one config.
+
+``run(config)`` plans the stages, reuses each cached output whose settings and inputs are unchanged,
+resumes an interrupted one, and writes a run report. The stages are plain functions in
+:mod:`genrec_pipeline.stages`, so a project can call them one by one around its own.
+"""
 
 from importlib.metadata import PackageNotFoundError, version
+
+from genrec_pipeline import stages
+from genrec_pipeline._config import RunConfig, default_config_path, load_config, shipped_configs
+from genrec_pipeline._errors import PipelineError
+from genrec_pipeline._runner import RunResult, StagePlan, plan, run
 
 try:
     __version__ = version("genrec-pipeline")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "PipelineError",
+    "RunConfig",
+    "RunResult",
+    "StagePlan",
+    "__version__",
+    "default_config_path",
+    "load_config",
+    "plan",
+    "run",
+    "shipped_configs",
+    "stages",
+]

@@ -1,20 +1,109 @@
-"""Command line for genrec-pipeline: a thin shell over the Python API."""
+"""genrec: run every stage of a genrec pipeline from one config, cached and resumable."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from genrec_pipeline import __version__
+from genrec_pipeline._config import STAGES, default_config_path, load_config, shipped_configs
+from genrec_pipeline._errors import PipelineError
+
+
+def _stage_list(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genrec", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="genrec",
+        description="genrec: fine-tune LLMs as recommenders. `genrec run` runs the built-in default end to end.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a pipeline config (default: the built-in synthetic-city demo)",
+        description=(
+            "Run data -> profiles -> records -> coreset -> train -> evaluate. Each stage's output is kept "
+            "in a folder keyed by a hash of its settings and inputs; a rerun reuses what is unchanged and "
+            f"resumes what was interrupted. Stages: {', '.join(STAGES)}."
+        ),
+    )
+    run.add_argument("config", nargs="?", help="a TOML config file or a shipped config name (default: built-in)")
+    run.add_argument("--stages", type=_stage_list, help="comma-separated stages to run (others must be cached)")
+    run.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run this stage and every later one")
+    run.add_argument("--until", choices=STAGES, help="stop after this stage")
+    run.add_argument("--force", action="append", default=[], choices=STAGES, help="re-run this stage (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    run.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                     help="override a config value, e.g. --set train.options.max_steps=20 (repeatable)")
+    run.add_argument("--run-dir", help="root folder for runs (overrides [run].root)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
+
+    configs = sub.add_parser("configs", help="list the shipped configs")
+    configs.add_argument("--show", metavar="NAME", help="print one shipped config")
     return parser
+
+
+def _overrides(items: Sequence[str], run_dir: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PipelineError(f"--set {item!r}: expected TABLE.KEY=VALUE")
+        out[key.strip()] = value.strip()
+    if run_dir:
+        out["run.root"] = f'"{run_dir}"'
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from genrec_pipeline._runner import format_plan, plan, run
+
+    config = load_config(args.config, overrides=_overrides(args.set, args.run_dir))
+    items = plan(config, stages=args.stages, from_stage=args.from_stage, until=args.until, force=args.force)
+    print(f"genrec run '{config.name}' from {config.source}")
+    print(format_plan(items))
+    if args.dry_run:
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def announce(item: object) -> None:
+        print(f"\n>>> {item.stage}: {item.action} ({item.reason})", flush=True)  # type: ignore[attr-defined]
+
+    result = run(
+        config,
+        stages=args.stages,
+        from_stage=args.from_stage,
+        until=args.until,
+        force=args.force,
+        progress=False if args.no_progress else None,
+        on_stage=announce,
+    )
+    print()
+    print(result.summary)
+    print(f"\noutputs: {result.run_dir}")
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    shipped = shipped_configs()
+    if args.show:
+        if args.show not in shipped:
+            raise PipelineError(f"unknown config {args.show!r}; shipped: {', '.join(sorted(shipped))}")
+        print(shipped[args.show].read_text(encoding="utf-8"), end="")
+        return 0
+    default = default_config_path()
+    for name, path in sorted(shipped.items()):
+        mark = " (built-in default)" if path == default else ""
+        print(f"{name:<32} {path}{mark}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,7 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    try:
+        if args.command == "run":
+            return _run(args)
+        return _configs(args)
+    except KeyboardInterrupt:
+        print("genrec: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (PipelineError, FileNotFoundError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"genrec: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,233 @@
+"""Run configuration: one TOML file, one table per stage, validated up front.
+
+Every key is checked before any stage runs: an unknown key, a wrong type or a value the stage's own
+config class rejects raises :class:`PipelineError` naming the file and ``[table].key``. Stage tables
+hold the pipeline's own keys plus an ``options`` table passed through to the package's config class
+(``genrec_sftdata.PrepareConfig``, ``genrec_profiler.ProfilerConfig``, ``genrec_trainer.TrainConfig``
+...), so every knob of a stage is reachable from the run config.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from genrec_pipeline._errors import PipelineError
+
+STAGES: tuple[str, ...] = ("data", "profiles", "records", "coreset", "train", "evaluate")
+
+# Pipeline-level keys of each table with their defaults; the type of the default is the type checked
+# (None means "any"). Tables named in _PASSTHROUGH are free-form and validated by the stage's package.
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "run": {"name": "default", "root": "genrec-runs", "seed": 0, "progress": True, "description": ""},
+    "data": {
+        "source": "synthetic",  # synthetic | files
+        "users": 40,
+        "city": {},  # extra genrec_sftdata.CityConfig fields
+        "inputs": [],  # files (all splits), or see train/val/test
+        "train": "",  # files per split (GETNext style): keep their split
+        "val": "",
+        "test": "",
+        "format": "auto",
+        "prepare": {},  # genrec_sftdata.PrepareConfig fields
+    },
+    "profiles": {
+        "enabled": True,
+        "backend": "local",  # local | openai | template
+        "model": "smollm2",
+        "base_url": "",
+        "api_key_env": "OPENAI_API_KEY",
+        "max_new_tokens": 384,
+        "batch_size": 8,
+        "users": 0,  # 0 = all
+        "options": {},  # genrec_profiler.ProfilerConfig fields
+    },
+    "records": {"task": "next_poi", "options": {}},  # genrec_sftdata.NextPoiConfig fields
+    "coreset": {
+        "enabled": True,
+        "method": "itra",
+        "budget": 0.5,  # a count, or a fraction (< 1) of the training records
+        "lam": 0.1,
+        "candidates": 30,
+        "max_swaps": 20,
+        "model": "smollm2",  # the causal LM whose LoRA gradient norms score records
+        "encoder": "default",  # sentence encoder for record embeddings
+        "batch_size": 8,
+        "options": {},
+    },
+    "train": {"recipe": "", "options": {}},  # genrec_trainer.TrainConfig fields in options
+    "evaluate": {
+        "split": "test",
+        "mode": "ranked",  # ranked | generate | none (baselines only)
+        "max_records": 0,  # 0 = all
+        "options": {},
+    },
+}
+_TABLES = ("run", *STAGES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """A validated run configuration: ``tables`` maps each table name to its full settings."""
+
+    tables: Mapping[str, Mapping[str, Any]]
+    source: str = field(default="<built-in default>")
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def __getitem__(self, table: str) -> Mapping[str, Any]:
+        return self.tables[table]
+
+    @property
+    def name(self) -> str:
+        return str(self.tables["run"]["name"])
+
+    @property
+    def run_dir(self) -> Path:
+        root = Path(str(self.tables["run"]["root"]))
+        return root if root.is_absolute() else Path.cwd() / root
+
+    def resolve(self, value: str) -> str:
+        """A path given in the config, relative to the config file's folder when it exists there."""
+        if not value or Path(value).is_absolute():
+            return value
+        candidate = self.base_dir / value
+        return str(candidate) if candidate.exists() else value
+
+
+def default_config_path() -> Path:
+    """The built-in default run (``genrec run`` with no argument)."""
+    return Path(str(resources.files("genrec_pipeline") / "configs" / "default.toml"))
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs shipped with the package, by name."""
+    folder = resources.files("genrec_pipeline") / "configs"
+    return {
+        p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")
+    }
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}[
+        type(value)
+    ]
+
+
+def _check(table: str, key: str, value: Any, default: Any, where: str) -> Any:
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise PipelineError(
+            f"{where}: [{table}].{key} must be {_type_name(default)}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _merge(tables: dict[str, Any], data: Mapping[str, Any], where: str) -> None:
+    for table, values in data.items():
+        if table not in _SCHEMA:
+            raise PipelineError(f"{where}: unknown table [{table}]; known tables: {', '.join(_TABLES)}")
+        if not isinstance(values, Mapping):
+            raise PipelineError(f"{where}: [{table}] must be a table, got {values!r}")
+        for key, value in values.items():
+            if key not in _SCHEMA[table]:
+                known = ", ".join(sorted(_SCHEMA[table]))
+                raise PipelineError(f"{where}: unknown key [{table}].{key}; known keys: {known}")
+            value = _check(table, key, value, _SCHEMA[table][key], where)
+            if isinstance(value, Mapping) and isinstance(tables[table][key], dict):
+                tables[table][key] = {**tables[table][key], **value}
+            else:
+                tables[table][key] = value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
+    """Apply ``table.key=value`` (value parsed as TOML, falling back to a plain string)."""
+    path = dotted.split(".")
+    if len(path) < 2:
+        raise PipelineError(f"--set {dotted}={raw}: expected table.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise PipelineError(f"--set {dotted}: {part} is not a table")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, *, overrides: Mapping[str, str] | None = None) -> RunConfig:
+    """Read and validate a run config; ``None`` is the built-in default. ``overrides`` maps dotted
+    keys (``train.options.max_steps``) to TOML values, as ``genrec run --set`` does."""
+    tables: dict[str, dict[str, Any]] = copy.deepcopy(_SCHEMA)
+    default = default_config_path()
+    file = Path(path) if path is not None else default
+    if path is not None and not file.is_file():
+        shipped = shipped_configs()
+        if str(path) in shipped:
+            file = shipped[str(path)]
+        else:
+            raise PipelineError(f"config file does not exist: {path} (shipped configs: {', '.join(sorted(shipped))})")
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{file}: not valid TOML: {exc}") from exc
+    if file != default:
+        # A user's file is read on top of the built-in default, so it only states what differs.
+        _merge(tables, tomllib.loads(default.read_text(encoding="utf-8")), str(default))
+    _merge(tables, data, str(file))
+    if overrides:
+        extra: dict[str, Any] = {}
+        for key, raw in overrides.items():
+            _set_dotted(extra, key, raw)
+        _merge(tables, extra, "--set")
+    config = RunConfig(tables=tables, source=str(file), base_dir=file.parent)
+    validate(config)
+    return config
+
+
+def _choice(config: RunConfig, table: str, key: str, allowed: tuple[str, ...]) -> None:
+    value = config[table][key]
+    if value not in allowed:
+        raise PipelineError(f"{config.source}: [{table}].{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def validate(config: RunConfig) -> None:
+    """Check the values (beyond types) and let each stage's package check its options, so that a
+    misspelt option fails before anything runs."""
+    from genrec_pipeline import stages
+
+    _choice(config, "data", "source", ("synthetic", "files"))
+    _choice(config, "profiles", "backend", ("local", "openai", "template"))
+    _choice(config, "records", "task", ("next_poi",))
+    _choice(config, "evaluate", "mode", ("ranked", "generate", "none"))
+    _choice(config, "evaluate", "split", ("val", "test"))
+    if config["data"]["source"] == "synthetic" and config["data"]["users"] < 2:
+        raise PipelineError(f"{config.source}: [data].users must be at least 2, got {config['data']['users']}")
+    if config["data"]["source"] == "files" and not (config["data"]["inputs"] or config["data"]["train"]):
+        raise PipelineError(f"{config.source}: [data].source = 'files' needs [data].inputs or [data].train")
+    budget = config["coreset"]["budget"]
+    if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
+        raise PipelineError(f"{config.source}: [coreset].budget must be a count or a fraction > 0, got {budget!r}")
+    for stage in STAGES:
+        try:
+            stages.check_options(stage, config)
+        except PipelineError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(f"{config.source}: [{stage}]: {exc}") from exc

@@ -1,0 +1,306 @@
+"""Plan and run the stages of a config, reusing what is cached and resuming what was interrupted."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from genrec_pipeline import stages as st
+from genrec_pipeline._cache import read_json, stage_dir, stage_key, status, write_json
+from genrec_pipeline._config import STAGES, RunConfig, load_config
+from genrec_pipeline._errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+_PACKAGES = ("genrec-sftdata", "genrec-profiler", "genrec-otcoreset", "genrec-trainer", "genrec-evaluator", "genrec-pipeline")
+# Keys that change how a stage reports, not what it computes: left out of the cache key.
+_VOLATILE = {"progress", "description", "name", "root"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagePlan:
+    """One stage of a run: where its output lives and what the run will do with it."""
+
+    stage: str
+    key: str
+    folder: Path
+    action: str  # run | resume | reuse | skip (disabled or not selected)
+    reason: str
+    upstream: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """A finished (or partly run) pipeline: the plan, each stage's artifact, and timings."""
+
+    run_dir: Path
+    plan: tuple[StagePlan, ...]
+    artifacts: Mapping[str, st.Artifact]
+    seconds: Mapping[str, float]
+    report: Path | None = None
+    summary: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:  # pragma: no cover - a partial install
+            out[name] = "missing"
+    return out
+
+
+def _enabled(config: RunConfig, stage: str) -> bool:
+    if stage == "profiles":
+        return bool(config["profiles"]["enabled"])
+    if stage == "coreset":
+        return bool(config["coreset"]["enabled"])
+    return True
+
+
+def _upstream(config: RunConfig, stage: str) -> tuple[str, ...]:
+    deps: dict[str, tuple[str, ...]] = {
+        "data": (),
+        "profiles": ("data",),
+        "records": ("data", "profiles"),
+        "coreset": ("records",),
+        "train": ("records", "coreset"),
+        "evaluate": ("data", "records", "train"),
+    }
+    wanted = deps[stage]
+    if stage == "evaluate" and config["evaluate"]["mode"] == "none":
+        wanted = ("data", "records")
+    return tuple(d for d in wanted if _enabled(config, d))
+
+
+def _settings(config: RunConfig, stage: str) -> dict[str, Any]:
+    table = {k: v for k, v in config[stage].items() if k not in _VOLATILE}
+    if stage == "data":
+        for key in ("inputs", "train", "val", "test"):
+            value = table.get(key)
+            if isinstance(value, list):
+                table[key] = [config.resolve(str(v)) for v in value]
+            elif value:
+                table[key] = config.resolve(str(value))
+    if isinstance(table.get("options"), Mapping):
+        table["options"] = {k: v for k, v in table["options"].items() if k not in _VOLATILE}
+    if stage in ("data", "profiles", "coreset", "train"):
+        table["seed"] = config["run"]["seed"]
+    return table
+
+
+def _select(
+    stages: Sequence[str] | None, from_stage: str | None, until: str | None
+) -> tuple[set[str], set[str]]:
+    """(stages to consider, stages forced to re-run)."""
+    for name in [*(stages or ()), from_stage, until]:
+        if name is not None and name not in STAGES:
+            raise PipelineError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    chosen = set(stages) if stages else set(STAGES)
+    forced: set[str] = set()
+    if from_stage is not None:
+        start = STAGES.index(from_stage)
+        forced |= set(STAGES[start:])
+    if until is not None:
+        stop = STAGES.index(until)
+        chosen &= set(STAGES[: stop + 1])
+    return chosen, forced
+
+
+def plan(
+    config: RunConfig,
+    *,
+    stages: Sequence[str] | None = None,
+    from_stage: str | None = None,
+    until: str | None = None,
+    force: Iterable[str] = (),
+) -> tuple[StagePlan, ...]:
+    """What a run of ``config`` would do, stage by stage, without running anything."""
+    chosen, forced = _select(stages, from_stage, until)
+    for name in force:
+        if name not in STAGES:
+            raise PipelineError(f"--force: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        forced.add(name)
+    versions = _versions()
+    keys: dict[str, str] = {}
+    out: list[StagePlan] = []
+    for stage in STAGES:
+        up = _upstream(config, stage)
+        key = stage_key(stage, _settings(config, stage), {u: keys[u] for u in up}, versions)
+        keys[stage] = key
+        folder = stage_dir(config.run_dir / config.name, stage, key)
+        state = status(folder)
+        if not _enabled(config, stage):
+            action, reason = "skip", "disabled in the config"
+        elif stage not in chosen:
+            action, reason = "skip", "not selected"
+        elif stage in forced:
+            action, reason = "run", "forced"
+        elif state == "done":
+            action, reason = "reuse", "cached: same settings and inputs"
+        elif state == "partial":
+            action, reason = "resume", "interrupted earlier: resuming in place"
+        else:
+            action, reason = "run", "new settings or inputs"
+        out.append(StagePlan(stage=stage, key=key, folder=folder, action=action, reason=reason, upstream=up))
+    return tuple(out)
+
+
+def format_plan(items: Sequence[StagePlan]) -> str:
+    lines = [f"{'stage':<9} {'action':<7} {'key':<12}  folder / reason"]
+    for item in items:
+        lines.append(f"{item.stage:<9} {item.action:<7} {item.key:<12}  {item.folder}  ({item.reason})")
+    return "\n".join(lines)
+
+
+def _call_stage(config: RunConfig, stage: str, folder: Path, arts: Mapping[str, st.Artifact], progress: bool) -> st.Artifact:
+    t = config[stage]
+    seed = int(config["run"]["seed"])
+    if stage == "data":
+        return st.data(
+            folder,
+            source=t["source"],
+            users=t["users"],
+            seed=seed,
+            city=t["city"],
+            inputs=[config.resolve(str(p)) for p in t["inputs"]],
+            train=config.resolve(t["train"]) or None,
+            val=config.resolve(t["val"]) or None,
+            test=config.resolve(t["test"]) or None,
+            format=t["format"],
+            prepare=t["prepare"],
+        )
+    if stage == "profiles":
+        return st.profile(
+            arts["data"],
+            folder,
+            backend=t["backend"],
+            model=config.resolve(t["model"]),
+            base_url=t["base_url"],
+            api_key_env=t["api_key_env"],
+            max_new_tokens=t["max_new_tokens"],
+            batch_size=t["batch_size"],
+            users=t["users"],
+            seed=seed,
+            options=t["options"],
+            progress=progress,
+        )
+    if stage == "records":
+        return st.records(arts["data"], folder, profiles=arts.get("profiles"), task=t["task"], options=t["options"])
+    if stage == "coreset":
+        return st.coreset(
+            arts["records"],
+            folder,
+            method=t["method"],
+            budget=t["budget"],
+            lam=t["lam"],
+            candidates=t["candidates"],
+            max_swaps=t["max_swaps"],
+            model=config.resolve(t["model"]),
+            encoder=config.resolve(t["encoder"]),
+            batch_size=t["batch_size"],
+            seed=seed,
+            options=t["options"],
+            progress=progress,
+        )
+    if stage == "train":
+        return st.train(
+            arts["records"],
+            folder,
+            coreset=arts.get("coreset"),  # type: ignore[arg-type]
+            recipe=t["recipe"],
+            options=t["options"],
+            seed=seed,
+            progress=progress,
+        )
+    if stage == "evaluate":
+        return st.evaluate(
+            arts["records"],
+            arts["data"],
+            folder,
+            model=arts.get("train"),  # type: ignore[arg-type]
+            split=t["split"],
+            mode=t["mode"],
+            max_records=t["max_records"],
+            options=t["options"],
+            progress=progress,
+        )
+    raise PipelineError(f"unknown stage {stage!r}")  # pragma: no cover
+
+
+def run(
+    config: RunConfig | str | Path | None = None,
+    *,
+    stages: Sequence[str] | None = None,
+    from_stage: str | None = None,
+    until: str | None = None,
+    force: Iterable[str] = (),
+    progress: bool | None = None,
+    on_stage: Callable[[StagePlan], None] | None = None,
+) -> RunResult:
+    """Run ``config`` (a :class:`RunConfig`, a TOML path, a shipped config name, or ``None`` for the
+    built-in default), reusing every stage whose settings and inputs are unchanged."""
+    if not isinstance(config, RunConfig):
+        config = load_config(config)
+    show = bool(config["run"]["progress"]) if progress is None else progress
+    items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
+    run_dir = config.run_dir / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts: dict[str, st.Artifact] = {}
+    seconds: dict[str, float] = {}
+    index_path = run_dir / "run.json"
+    for item in items:
+        if item.action == "skip":
+            if status(item.folder) == "done":
+                artifacts[item.stage] = st.load_artifact(item.folder)
+            continue
+        missing = [u for u in item.upstream if u not in artifacts]
+        if missing:
+            raise PipelineError(
+                f"stage {item.stage} needs {', '.join(missing)} first; it has no finished output for these "
+                f"settings (run without --stages/--until, or include them)"
+            )
+        if on_stage is not None:
+            on_stage(item)
+        if item.action == "reuse":
+            artifacts[item.stage] = st.load_artifact(item.folder)
+            seconds[item.stage] = 0.0
+            log.info("%s: reusing %s", item.stage, item.folder)
+            continue
+        start = time.perf_counter()
+        meta = {
+            "stage": item.stage,
+            "key": item.key,
+            "status": "running",
+            "settings": _settings(config, item.stage),
+            "upstream": {u: str(artifacts[u].path) for u in item.upstream},
+            "started": datetime.now(UTC).isoformat(),
+            "config": config.source,
+        }
+        item.folder.mkdir(parents=True, exist_ok=True)
+        if item.action == "run" and (item.folder / "stage.json").is_file():
+            # A forced re-run starts from a clean marker, but keeps files so stages can resume.
+            (item.folder / "stage.json").unlink()
+        write_json(item.folder / "stage.json", meta)
+        log.info("%s: %s in %s", item.stage, item.action, item.folder)
+        artifact = _call_stage(config, item.stage, item.folder, artifacts, show)
+        seconds[item.stage] = round(time.perf_counter() - start, 1)
+        write_json(item.folder / "stage.json", {**meta, "status": "done", "seconds": seconds[item.stage]})
+        artifacts[item.stage] = artifact
+        index = read_json(index_path) if index_path.is_file() else {}
+        index[item.stage] = {"folder": str(item.folder), "key": item.key, "seconds": seconds[item.stage]}
+        write_json(index_path, index)
+    from genrec_pipeline._report import write_run_report
+
+    report, summary = write_run_report(config, run_dir, artifacts, seconds)
+    return RunResult(
+        run_dir=run_dir, plan=items, artifacts=artifacts, seconds=seconds, report=report, summary=summary
+    )

@@ -1,0 +1,506 @@
+"""The stages of a genrec run as plain functions over typed artifacts.
+
+Each function takes the artifacts of the stages it reads (or plain paths to the same tables) and an
+output folder, and returns an artifact: the folder, its files and the contract columns each file
+holds (DESIGN.md §2). A downstream project can call any one of them and put its own stage in between::
+
+    from genrec_pipeline import stages
+
+    data = stages.data("work/data", users=30)
+    profiles = stages.profile(data, "work/profiles", backend="template")
+    records = stages.records(data, "work/records", profiles=profiles)
+
+The runner (:func:`genrec_pipeline.run`) calls the same functions, caching each output by a hash of its
+settings and inputs. Heavy packages are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genrec_pipeline._cache import read_json, write_json
+from genrec_pipeline._errors import PipelineError
+
+if TYPE_CHECKING:
+    from genrec_pipeline._config import RunConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Artifact",
+    "CoresetArtifact",
+    "DataArtifact",
+    "EvaluationArtifact",
+    "ModelArtifact",
+    "ProfilesArtifact",
+    "RecordsArtifact",
+    "coreset",
+    "data",
+    "evaluate",
+    "profile",
+    "records",
+    "train",
+]
+
+CHECKIN_COLUMNS = (
+    "user_id", "poi_id", "category_id", "category_name", "latitude", "longitude", "local_time",
+    "utc_time", "trajectory_id", "split", "user_idx", "poi_idx", "category_idx",
+)  # fmt: skip
+PROFILE_COLUMNS = (
+    "user_id", "traits", "age", "gender", "education", "socioeco", "preferences", "routines",
+    "summary", "backend", "model", "raw", "status", "error",
+)  # fmt: skip
+RECORD_COLUMNS = (
+    "record_id", "task", "user_id", "split", "prompt", "completion", "messages", "target_poi_idx",
+    "trajectory_id", "n_checkins", "target_time",
+)  # fmt: skip
+SELECTION_COLUMNS = ("record_id", "selected", "rank")
+PREDICTION_COLUMNS = ("record_id", "ranked", "generated", "valid")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Artifact:
+    """What a stage wrote: its folder, its files by role, and the columns each table holds."""
+
+    stage: str
+    path: Path
+    files: Mapping[str, Path]
+    schema: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, role: str) -> Path:
+        try:
+            return self.files[role]
+        except KeyError:
+            raise PipelineError(f"{self.stage} artifact at {self.path} has no {role!r} file") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "kind": type(self).__name__,
+            "files": {k: str(v) for k, v in self.files.items()},
+            "schema": {k: list(v) for k, v in self.schema.items()},
+            "summary": dict(self.summary),
+        }
+
+
+class DataArtifact(Artifact):
+    """Prepared check-ins: ``checkins``, ``train``, ``val``, ``test`` parquet and ``stats`` JSON."""
+
+
+class ProfilesArtifact(Artifact):
+    """The profiles table (``profiles`` parquet)."""
+
+
+class RecordsArtifact(Artifact):
+    """SFT records per split (``train``, ``val``, ``test`` parquet)."""
+
+
+class CoresetArtifact(Artifact):
+    """The selection table, its JSON log, and the selected training records (``train``)."""
+
+
+class ModelArtifact(Artifact):
+    """A fine-tuned model: the LoRA ``adapter`` folder, the ``log`` JSONL, and the base ``model``."""
+
+
+class EvaluationArtifact(Artifact):
+    """``metrics`` JSON, ``report`` markdown, ``predictions`` parquet and plots."""
+
+
+_KINDS: dict[str, type[Artifact]] = {
+    cls.__name__: cls
+    for cls in (Artifact, DataArtifact, ProfilesArtifact, RecordsArtifact, CoresetArtifact, ModelArtifact, EvaluationArtifact)
+}
+
+
+def load_artifact(folder: str | Path) -> Artifact:
+    """Read the artifact a finished stage left in ``folder`` (its ``artifact.json``)."""
+    meta = Path(folder) / "artifact.json"
+    if not meta.is_file():
+        raise PipelineError(f"{folder}: no artifact.json; is this a finished stage folder?")
+    raw = read_json(meta)
+    cls = _KINDS.get(raw.get("kind", "Artifact"), Artifact)
+    return cls(
+        stage=raw["stage"],
+        path=Path(folder),
+        files={k: Path(v) for k, v in raw["files"].items()},
+        schema={k: tuple(v) for k, v in raw.get("schema", {}).items()},
+        summary=raw.get("summary", {}),
+    )
+
+
+def _finish(artifact: Artifact) -> Artifact:
+    write_json(artifact.path / "artifact.json", artifact.to_json())
+    return artifact
+
+
+def _folder(out: str | Path) -> Path:
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _data_dir(data: DataArtifact | str | Path) -> Path:
+    return data.path if isinstance(data, Artifact) else Path(data)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def data(
+    out: str | Path,
+    *,
+    source: str = "synthetic",
+    users: int = 40,
+    seed: int = 0,
+    city: Mapping[str, Any] | None = None,
+    inputs: Sequence[str | Path] = (),
+    train: str | Path | None = None,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    format: str = "auto",
+    prepare: Mapping[str, Any] | None = None,
+) -> DataArtifact:
+    """Check-ins prepared with LLM4POI's rules: a synthetic city (``source="synthetic"``) or files in
+    any format ``genrec_sftdata.read_checkins`` reads (``inputs``, or ``train``/``val``/``test`` files
+    whose split is kept)."""
+    import polars as pl
+
+    from genrec_sftdata import PrepareConfig, read_checkins, synthesize_city
+    from genrec_sftdata import prepare as prepare_checkins
+
+    folder = _folder(out)
+    if source == "synthetic":
+        raw = synthesize_city(n_users=users, seed=seed, **dict(city or {}))
+    elif source == "files":
+        frames = []
+        for split, path in (("train", train), ("val", val), ("test", test)):
+            if path:
+                frames.append(read_checkins([path], format=format).with_columns(pl.lit(split).alias("split")))
+        if inputs:
+            frames.append(read_checkins(list(inputs), format=format))
+        if not frames:
+            raise PipelineError("data: source='files' needs inputs or train/val/test files")
+        raw = pl.concat(frames, how="diagonal_relaxed")
+    else:
+        raise PipelineError(f"data: unknown source {source!r}; use 'synthetic' or 'files'")
+    prepared = prepare_checkins(raw, out=folder, config=PrepareConfig(**dict(prepare or {})))
+    files = {name: folder / f"{name}.parquet" for name in ("checkins", "train", "val", "test")}
+    files["stats"] = folder / "stats.json"
+    split_stats = prepared.stats.get("splits", {})
+    summary = {
+        "users": int(prepared.checkins["user_id"].n_unique()),
+        "pois": prepared.num_pois,
+        "checkins": prepared.checkins.height,
+        "splits": {k: v.get("checkins") for k, v in split_stats.items()} if isinstance(split_stats, dict) else {},
+    }
+    schema = {name: CHECKIN_COLUMNS for name in ("checkins", "train", "val", "test")}
+    return _finish(DataArtifact(stage="data", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------- profiles
+
+
+def profile(
+    data: DataArtifact | str | Path,
+    out: str | Path,
+    *,
+    backend: str = "template",
+    model: str = "smollm2",
+    base_url: str = "",
+    api_key_env: str = "OPENAI_API_KEY",
+    max_new_tokens: int = 384,
+    batch_size: int = 8,
+    users: int = 0,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> ProfilesArtifact:
+    """A profile per user from the training check-ins (GenUP), with the ``local`` (transformers),
+    ``openai`` (any OpenAI-compatible server) or ``template`` (no LLM) backend. Resumes a partial
+    ``profiles.parquet`` in ``out``."""
+    from genrec_profiler import OpenAIBackend, ProfilerConfig, TemplateBackend, generate_profiles
+
+    folder = _folder(out)
+    client: Any
+    if backend == "local":
+        from genrec_profiler import LocalBackend
+
+        client = LocalBackend(model=model, max_new_tokens=max_new_tokens, seed=seed)
+    elif backend == "openai":
+        client = OpenAIBackend(base_url=base_url or None, model=model, api_key_env=api_key_env, max_tokens=max_new_tokens, seed=seed)
+    elif backend == "template":
+        client = TemplateBackend()
+    else:
+        raise PipelineError(f"profiles: unknown backend {backend!r}; use local, openai or template")
+    config = ProfilerConfig(**{"batch_size": batch_size, "users": users or None, "progress": progress, **dict(options or {})})
+    result = generate_profiles(_data_dir(data), config=config, client=client, out=folder / "profiles.parquet")
+    summary = {
+        "users": result.n_users,
+        "ok": result.n_ok,
+        "repaired": result.n_repaired,
+        "failed": result.n_failed,
+        "resumed": result.n_resumed,
+        "tokens_out": result.tokens_out,
+        "seconds": round(result.seconds, 1),
+    }
+    return _finish(  # type: ignore[return-value]
+        ProfilesArtifact(
+            stage="profiles",
+            path=folder,
+            files={"profiles": result.path},
+            schema={"profiles": PROFILE_COLUMNS},
+            summary=summary,
+        )
+    )
+
+
+# -------------------------------------------------------------------------------------------- records
+
+
+def records(
+    data: DataArtifact | str | Path,
+    out: str | Path,
+    *,
+    profiles: ProfilesArtifact | str | Path | None = None,
+    task: str = "next_poi",
+    options: Mapping[str, Any] | None = None,
+) -> RecordsArtifact:
+    """GenUP-style next-POI SFT records per split, with each user's profile when given."""
+    import polars as pl
+
+    from genrec_sftdata import NextPoiConfig, build_next_poi, load_prepared, write_records
+
+    if task != "next_poi":
+        raise PipelineError(f"records: task {task!r} is built from its own inputs; the pipeline builds next_poi")
+    folder = _folder(out)
+    profile_frame = None
+    if profiles is not None:
+        path = profiles["profiles"] if isinstance(profiles, Artifact) else Path(profiles)
+        profile_frame = pl.read_parquet(path)
+    built = build_next_poi(load_prepared(_data_dir(data)), profile_frame, config=NextPoiConfig(**dict(options or {})))
+    files: dict[str, Path] = {}
+    for split, frame in built.items():
+        path = folder / f"{split}.parquet"
+        write_records(frame, path)
+        files[split] = path
+    summary = {split: frame.height for split, frame in built.items()}
+    schema = {split: RECORD_COLUMNS for split in built}
+    return _finish(RecordsArtifact(stage="records", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------------------- option checks
+
+
+def check_options(stage: str, config: RunConfig) -> None:
+    """Build the package config of ``stage`` from the run config, so that a bad option fails before
+    anything runs (raises ``TypeError``/``ValueError`` naming the field)."""
+    table = config[stage]
+    if stage == "data":
+        from genrec_sftdata import CityConfig, PrepareConfig
+
+        PrepareConfig(**dict(table["prepare"]))
+        CityConfig(n_users=int(table["users"]), seed=int(config["run"]["seed"]), **dict(table["city"]))
+    elif stage == "profiles":
+        from genrec_profiler import ProfilerConfig
+
+        ProfilerConfig(**{"batch_size": table["batch_size"], **dict(table["options"])})
+    elif stage == "records":
+        from genrec_sftdata import NextPoiConfig
+
+        NextPoiConfig(**dict(table["options"]))
+    elif stage == "train":
+        _train_config(config["train"], train="records.parquet", output="out", validate_only=True)
+    elif stage == "coreset":
+        opts = dict(table["options"])
+        unknown = sorted(set(opts) - _CORESET_OPTIONS)
+        if unknown:
+            raise PipelineError(
+                f"{config.source}: unknown key [coreset].options.{unknown[0]}; known: {', '.join(sorted(_CORESET_OPTIONS))}"
+            )
+    elif stage == "evaluate":
+        opts = dict(table["options"])
+        unknown = sorted(set(opts) - _EVALUATE_OPTIONS)
+        if unknown:
+            raise PipelineError(
+                f"{config.source}: unknown key [evaluate].options.{unknown[0]}; known: {', '.join(sorted(_EVALUATE_OPTIONS))}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _train_config(table: Mapping[str, Any], *, train: str, output: str, validate_only: bool = False, **extra: Any) -> Any:
+    from genrec_trainer import load_config, recipe_path
+
+    recipe = table.get("recipe") or None
+    options = dict(table.get("options", {}))
+    for key in ("train", "output"):
+        if key in options:
+            raise PipelineError(f"[train].options.{key} is set by the pipeline (the records and the stage folder)")
+    path = recipe_path(recipe) if recipe else None
+    return load_config(path, **{**options, **extra, "train": train, "output": output})
+
+
+def train(
+    records: RecordsArtifact | str | Path,
+    out: str | Path,
+    *,
+    coreset: CoresetArtifact | None = None,
+    recipe: str = "",
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> ModelArtifact:
+    """Fine-tune on the training records (or the coreset's selection of them) with
+    ``genrec_trainer``; ``options`` are ``TrainConfig`` fields on top of ``recipe``. Resumes from the
+    last checkpoint in ``out``."""
+    from genrec_trainer import train as run_training
+
+    folder = _folder(out)
+    if coreset is not None:
+        train_path = coreset["train"]
+    elif isinstance(records, Artifact):
+        train_path = records["train"]
+    else:
+        train_path = Path(records) / "train.parquet"
+    val_path = records["val"] if isinstance(records, Artifact) else Path(records) / "val.parquet"
+    opts = {"seed": seed, "progress": progress, **dict(options or {})}
+    if "val" not in opts and val_path.is_file():
+        opts["val"] = str(val_path)
+    config = _train_config({"recipe": recipe, "options": opts}, train=str(train_path), output=str(folder))
+    result = run_training(config)
+    files = {"log": result.log_path}
+    if result.adapter_dir is not None:
+        files["adapter"] = result.adapter_dir
+    if result.model_dir is not None:
+        files["merged"] = result.model_dir
+    losses = list(result.losses)
+    summary = {
+        "base_model": config.model,
+        "steps": result.steps,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": result.final_loss,
+        "eval_losses": [list(x) for x in result.eval_losses],
+        "records": result.n_records,
+        "truncated": result.n_truncated,
+        "tokens_per_s": round(result.tokens_per_s, 1),
+        "seconds": round(result.seconds, 1),
+        "resumed_from": result.resumed_from,
+    }
+    return _finish(ModelArtifact(stage="train", path=folder, files=files, summary=summary))  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------------------------- coreset
+
+
+def coreset(
+    records: RecordsArtifact | str | Path,
+    out: str | Path,
+    *,
+    method: str = "itra",
+    budget: float = 0.5,
+    lam: float = 0.1,
+    candidates: int = 30,
+    max_swaps: int = 100,
+    model: str = "smollm2",
+    encoder: str = "default",
+    batch_size: int = 8,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> CoresetArtifact:
+    """GORACS: embed the training and validation records, score training records by the LoRA-B
+    gradient norm of ``model``, and select ``budget`` of them (a count, or a fraction below 1) with
+    ``method`` (ITRA by default). Writes the selection table, its JSON log, and the selected records."""
+    import polars as pl
+    from genrec_otcoreset import compute_features, load_features, save_features, select
+
+    folder = _folder(out)
+    opts = dict(options or {})
+    train_path = records["train"] if isinstance(records, Artifact) else Path(records) / "train.parquet"
+    val_path = records["val"] if isinstance(records, Artifact) else Path(records) / "val.parquet"
+    train_records = pl.read_parquet(train_path)
+    val_records = pl.read_parquet(val_path)
+    if train_records.height == 0 or val_records.height == 0:
+        raise PipelineError(f"coreset: needs training and validation records; got {train_records.height} and {val_records.height}")
+    max_val = int(opts.pop("max_val", 0) or 0)
+    if max_val and val_records.height > max_val:
+        val_records = val_records.sample(n=max_val, seed=seed)
+    n_select = int(budget) if budget >= 1 else max(1, round(budget * train_records.height))
+    if n_select > train_records.height:
+        raise PipelineError(f"[coreset].budget {budget} asks for {n_select} records, but there are {train_records.height}")
+    feature_args = {"model": model, "encoder": None if encoder == "default" else encoder, "batch_size": batch_size,
+                    "seed": seed, "progress": progress}  # fmt: skip
+    if "max_length" in opts:
+        feature_args["max_length"] = int(opts.pop("max_length"))
+    feats = {}
+    for split, frame in (("train", train_records), ("val", val_records)):
+        # Features are the slow part (a forward and a partial backward per record): keep them, so an
+        # interrupted stage resumes after the split it finished.
+        where = folder / f"features_{split}"
+        if (where / "meta.json").is_file():
+            feats[split] = load_features(where)
+        else:
+            feats[split] = compute_features(frame, **feature_args)
+            save_features(feats[split], where)
+    result = select(
+        embeddings=feats["train"].embeddings,
+        grad_norms=feats["train"].grad_norms,
+        val_embeddings=feats["val"].embeddings,
+        budget=n_select,
+        method=method,
+        lam=lam,
+        candidates=candidates,
+        max_swaps=max_swaps,
+        seed=seed,
+        progress=progress,
+        **opts,
+    )
+    order = [int(i) for i in result.indices]
+    rank = dict.fromkeys(range(train_records.height), -1) | {i: r for r, i in enumerate(order)}
+    table = pl.DataFrame(
+        {
+            "record_id": train_records["record_id"],
+            "selected": [rank[i] >= 0 for i in range(train_records.height)],
+            "rank": [rank[i] for i in range(train_records.height)],
+        }
+    )
+    table.write_parquet(folder / "selection.parquet.tmp")
+    Path(folder / "selection.parquet.tmp").replace(folder / "selection.parquet")
+    selected = train_records[order]
+    selected.write_parquet(folder / "train.parquet.tmp")
+    Path(folder / "train.parquet.tmp").replace(folder / "train.parquet")
+    log_payload = {
+        "method": result.method,
+        "budget": n_select,
+        "pool": train_records.height,
+        "validation": val_records.height,
+        "lambda": lam,
+        "poo_trace": list(result.trace),
+        "poo": result.poo,
+        "swaps": result.swaps,
+        "seconds": result.seconds,
+    }
+    write_json(folder / "selection.json", log_payload)
+    summary = {"method": result.method, "selected": n_select, "pool": train_records.height,
+               "poo": round(result.poo, 5), "swaps": result.swaps}  # fmt: skip
+    if len(result.trace) > 1:
+        summary["poo_greedy"] = round(result.trace[0], 5)
+    files = {"selection": folder / "selection.parquet", "log": folder / "selection.json", "train": folder / "train.parquet"}
+    schema = {"selection": SELECTION_COLUMNS, "train": RECORD_COLUMNS}
+    return _finish(CoresetArtifact(stage="coreset", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+_CORESET_OPTIONS: set[str] = {"screen", "confirm", "use_sinkhorn", "device", "max_val", "max_length"}
+_EVALUATE_OPTIONS: set[str] = {"candidates", "batch_size", "max_new_tokens", "temperature", "top_k", "top_p", "device"}
+
+
+def _elapsed(start: float) -> float:
+    return round(time.perf_counter() - start, 1)

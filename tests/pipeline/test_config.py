@@ -1,0 +1,90 @@
+"""Config loading and validation: every bad key is named before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genrec_pipeline import PipelineError, load_config, shipped_configs
+from genrec_pipeline._cli import main
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_loads() -> None:
+    config = load_config()
+    assert config.name == "default"
+    assert config["data"]["source"] == "synthetic"
+    assert config["profiles"]["backend"] == "local"
+    assert config["coreset"]["method"] == "itra"
+
+
+def test_user_file_is_read_on_top_of_the_default(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[run]\nname = "mine"\n[data]\nusers = 12\n'))
+    assert config.name == "mine"
+    assert config["data"]["users"] == 12
+    assert config["records"]["options"]["max_history"] == 8  # from the default
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[dataa]\nusers = 3\n", "unknown table [dataa]"),
+        ("[data]\nuserz = 3\n", "unknown key [data].userz"),
+        ('[data]\nusers = "many"\n', "[data].users must be an integer"),
+        ('[profiles]\nbackend = "gpt"\n', "[profiles].backend must be one of"),
+        ("[coreset]\nbudget = -1\n", "[coreset].budget"),
+        ("[records.options]\nmax_histroy = 3\n", "[records]"),
+        ("[train.options]\nlearning_rate = 0.1\n", "learning_rate"),
+        ("[evaluate.options]\nbeam = 3\n", "[evaluate].options.beam"),
+        ('[evaluate]\nsplit = "dev"\n', "[evaluate].split"),
+    ],
+)
+def test_bad_keys_are_named(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(PipelineError) as exc:
+        load_config(_write(tmp_path, text))
+    assert needle in str(exc.value)
+    assert "run.toml" in str(exc.value) or "[" in str(exc.value)
+
+
+def test_set_overrides_and_errors() -> None:
+    config = load_config(overrides={"train.options.max_steps": "7", "run.name": '"x"'})
+    assert config["train"]["options"]["max_steps"] == 7
+    assert config.name == "x"
+    with pytest.raises(PipelineError, match=r"unknown key \[run\].nam"):
+        load_config(overrides={"run.nam": "1"})
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "nope.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec: error: config file does not exist")
+    assert "\n" not in err
+
+
+def test_cli_reports_bad_key_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _write(tmp_path, "[train]\nrecipe = 3\n")
+    assert main(["run", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "[train].recipe must be a string" in err and "\n" not in err
+
+
+def test_every_shipped_config_validates() -> None:
+    shipped = shipped_configs()
+    assert "default" in shipped
+    for name, path in shipped.items():
+        config = load_config(path)
+        assert config.name, name
+
+
+def test_configs_command_lists_and_shows(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["configs"]) == 0
+    listing = capsys.readouterr().out
+    assert "default" in listing and "built-in default" in listing
+    assert main(["configs", "--show", "default"]) == 0
+    assert "[coreset]" in capsys.readouterr().out
