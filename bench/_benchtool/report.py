@@ -156,6 +156,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+# extra_info keys that have a column of their own, or are provenance rather than a result.
+_SHOWN = frozenset(
+    {"ratio", "target", "baseline", "floor_s", "baseline_s", "measured_at", "commit", "versions"}
+    | {"device", "device_name", "device_slug", "device_kind", "bench_size"}
+)
+
+
+def _other(bench: Bench, limit: int = 5) -> str:
+    """The benchmark's other recorded figures (``gbps=41.2, peak_mb=512``), numbers only."""
+    parts = []
+    for key, value in bench.extra_info.items():
+        number = as_float(value)
+        if key in _SHOWN or number is None:
+            continue
+        parts.append(f"{key}={number:.4g}")
+    return ", ".join(parts[:limit]) or "-"
+
+
 def _verdict(bench: Bench) -> str:
     if bench.target is None:
         return ""
@@ -203,8 +221,8 @@ def write_report(results_dir: Path) -> tuple[Path, list[Path]]:
                 old.unlink()
         lines += _device_header(slug, items)
         lines += [
-            "| package | benchmark | size | median | ratio | target | baseline | verdict | vs floor | commit |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| package | benchmark | size | median | ratio | target | baseline | verdict | vs floor | other figures | commit |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         by_function: dict[tuple[str, str], list[Bench]] = defaultdict(list)
         for s in sorted(items, key=lambda s: (s.package, s.bench.fullname, s.bench.bench_size)):
@@ -225,6 +243,7 @@ def write_report(results_dir: Path) -> tuple[Path, list[Path]]:
                         b.extra_info.get("baseline", "-"),
                         _verdict(b),
                         vs_floor,
+                        _other(b),
                         b.extra_info.get("commit", "-"),
                     )
                 )

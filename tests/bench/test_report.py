@@ -35,7 +35,7 @@ def test_report_writes_readme_and_one_png_per_benchmark(tmp_path: Path) -> None:
         results,
         "amd-epyc-2c",
         "sftdata",
-        run(entry("bench/sftdata/bench_prep.py::test_prepare", 2.0, ratio=8.0, target=10.0)),
+        run(entry("bench/sftdata/bench_prep.py::test_prepare", 2.0, ratio=8.0, target=10.0, gbps=41.5)),
     )
     _save(
         results,
@@ -58,6 +58,7 @@ def test_report_writes_readme_and_one_png_per_benchmark(tmp_path: Path) -> None:
     assert "meets target" in text
     assert "**below target**" in text  # sftdata's 8x under its 10x target
     assert "5.00x" in text  # median / floor for the sinkhorn rows
+    assert "| gbps=41.5 |" in text
     assert len(pngs) == 3  # sinkhorn on two devices, prepare on one
     assert not stale.exists()
     for png in pngs:
