@@ -4,7 +4,8 @@ physical floor where the benchmark records them).
 
 Keys read from a benchmark's ``extra_info`` (all optional):
 ``problem_size`` (else ``n``, else a numeric ``size``, else the first numeric parametrize value) for
-the x axis; ``floor_s``, the physical floor in seconds (memory or compute bound); ``baseline_s``, the
+the x axis; ``floor_s`` (or any ``*_floor_s``, e.g. ``memory_floor_s``), the physical floor in
+seconds (memory or compute bound); ``baseline_s``, the
 in-run baseline's time; ``ratio``, ``target``, ``baseline`` for the table.
 """
 
@@ -61,6 +62,17 @@ def problem_size(bench: Bench) -> tuple[float | None, str | None]:
     return None, None
 
 
+def floor_seconds(bench: Bench) -> float | None:
+    """The physical floor the benchmark states: ``floor_s``, else the first ``*_floor_s`` key."""
+    value = as_float(bench.extra_info.get("floor_s"))
+    if value is not None:
+        return value
+    for key, raw in bench.extra_info.items():
+        if key.endswith("_floor_s") and as_float(raw) is not None:
+            return as_float(raw)
+    return None
+
+
 def _series_label(bench: Bench, x_key: str | None, x: float | None) -> str:
     params = bench.raw.get("params") or {}
     parts = []
@@ -113,7 +125,7 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
                     "baseline",
                 )
                 ax.plot(xs, baseline, "s--", label=f"{name}{suffix}")
-            floor = [as_float(b.extra_info.get("floor_s")) for _, b in pts]
+            floor = [floor_seconds(b) for _, b in pts]
             if any(v is not None for v in floor):
                 ax.plot(xs, floor, "k:", marker="_", label=f"physical floor{suffix}")
         values = [
@@ -122,7 +134,7 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
             for v in (
                 b.median,
                 as_float(b.extra_info.get("baseline_s")),
-                as_float(b.extra_info.get("floor_s")),
+                floor_seconds(b),
             )
             if v is not None
         ]
@@ -168,7 +180,7 @@ def _other(bench: Bench, limit: int = 5) -> str:
     parts = []
     for key, value in bench.extra_info.items():
         number = as_float(value)
-        if key in _SHOWN or number is None:
+        if key in _SHOWN or key.endswith("_floor_s") or number is None:
             continue
         parts.append(f"{key}={number:.4g}")
     return ", ".join(parts[:limit]) or "-"
@@ -227,7 +239,7 @@ def write_report(results_dir: Path) -> tuple[Path, list[Path]]:
         by_function: dict[tuple[str, str], list[Bench]] = defaultdict(list)
         for s in sorted(items, key=lambda s: (s.package, s.bench.fullname, s.bench.bench_size)):
             b = s.bench
-            floor = as_float(b.extra_info.get("floor_s"))
+            floor = floor_seconds(b)
             vs_floor = f"{b.median / floor:.2f}x" if (floor and b.median) else "-"
             lines.append(
                 "| "

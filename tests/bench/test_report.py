@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from _benchtool.cli import main
-from _benchtool.report import plot_name, problem_size, write_report
+from _benchtool.report import floor_seconds, plot_name, problem_size, write_report
 from _benchtool.results import bench_from_json
 
 from ._synthetic import entry, run
@@ -81,4 +81,7 @@ def test_problem_size_and_plot_names() -> None:
     assert problem_size(bench_from_json(entry("a::t[x]", 1.0, problem_size=7, n=3))) == (7.0, "problem_size")
     assert problem_size(bench_from_json(entry("a::t[x]", 1.0, size="quick", params={"b": 64}))) == (64.0, "b")
     assert problem_size(bench_from_json(entry("a::t[x]", 1.0, params={"dtype": "f32"}))) == (None, None)
+    assert floor_seconds(bench_from_json(entry("a::t", 1.0, memory_floor_s=0.25))) == 0.25
+    assert floor_seconds(bench_from_json(entry("a::t", 1.0, floor_s=0.5, memory_floor_s=0.25))) == 0.5
+    assert floor_seconds(bench_from_json(entry("a::t", 1.0))) is None
     assert plot_name(SINK) == "otcoreset-bench_sinkhorn-test_sinkhorn.png"
