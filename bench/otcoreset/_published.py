@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
-import ot
 import torch
+
+with warnings.catch_warnings():  # POT 0.9.7's ot/datasets.py: invalid escape sequence at compile time
+    warnings.simplefilter("ignore", SyntaxWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import ot
 
 
 def published_cost(embeddings: np.ndarray, grad_norms: np.ndarray, val_embeddings: np.ndarray, lam: float) -> np.ndarray:

@@ -69,11 +69,17 @@ def greedy_init(cost: torch.Tensor, budget: int, *, batch: int = 16) -> list[int
             upper[stale] = (cmin[None, :] - cost[stale]).clamp_(min=0).sum(1, dtype=torch.float64)
             fresh[stale] = True
         best_val = upper[cand].max()
-        # Among rows whose exact gain ties the best, take the lowest index (what argmax would do).
-        ties = cand[(upper[cand] == best_val) & fresh[cand]]
         rest = upper.clone()
         rest[cand] = neg_inf
-        if ties.numel() and best_val >= rest.max():
+        if best_val >= rest.max():
+            # Rows outside the batch whose bound ties the best might tie it exactly (zero gains do,
+            # late in the greedy): refresh them, then take the lowest index, as a plain argmax would.
+            contenders = torch.nonzero(upper >= best_val).flatten()
+            stale = contenders[~fresh[contenders]]
+            if stale.numel():
+                upper[stale] = (cmin[None, :] - cost[stale]).clamp_(min=0).sum(1, dtype=torch.float64)
+                fresh[stale] = True
+            ties = contenders[upper[contenders] == best_val]
             pick = int(ties.min())
             selected.append(pick)
             upper[pick] = neg_inf
