@@ -11,6 +11,7 @@ from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._nextpoi import NextPoiConfig, build_next_poi, checkin_sentence_expr
 from genrec_sftdata._prepare import PrepareConfig, PreparedData, load_prepared, prepare
 from genrec_sftdata._readers import read_checkins, sniff_format
+from genrec_sftdata._seqrec import CtrConfig, SeqRecConfig, build_ctr, build_seqrec, read_tallrec_json
 from genrec_sftdata._synth import CityConfig, synthesize_city
 from genrec_sftdata._writers import push_to_hub, to_hf_dataset, write_records
 
@@ -23,17 +24,22 @@ __all__ = [
     "PREPARED_COLUMNS",
     "RAW_COLUMNS",
     "CityConfig",
+    "CtrConfig",
     "NextPoiConfig",
     "PrepareConfig",
     "PreparedData",
+    "SeqRecConfig",
     "SftDataError",
     "__version__",
+    "build_ctr",
     "build_next_poi",
+    "build_seqrec",
     "checkin_sentence_expr",
     "load_prepared",
     "prepare",
     "push_to_hub",
     "read_checkins",
+    "read_tallrec_json",
     "sniff_format",
     "synthesize_city",
     "to_hf_dataset",

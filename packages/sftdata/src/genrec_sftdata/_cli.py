@@ -32,24 +32,34 @@ def _scalar_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
-    """One ``--option`` per field of a frozen config dataclass; the field's help drives ``--help``."""
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (), unset_defaults: bool = False,
+    prefix_help: str = "",
+) -> None:
+    """One ``--option`` per field of a frozen config dataclass; the field's help drives ``--help``.
+
+    With ``unset_defaults`` the options default to None (the dataclass default then applies), so two
+    configs can share a sub-command.
+    """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = prefix_help + f.metadata.get("help", "")
         tp, _ = _scalar_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
+        if unset_defaults:
+            help_text = f"{help_text} (default: {default})"
+            default = None
         if tp is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                help=f"{help_text} (default: {default})",
+                help=help_text + ("" if unset_defaults else f" (default: {default})"),
             )
         elif typing.get_origin(hints[f.name]) is tuple:
             parser.add_argument(
-                flag, dest=f.name, nargs="+", default=default, help=f"{help_text} (default: {default})"
+                flag, dest=f.name, nargs="+", default=default, help=help_text + ("" if unset_defaults else f" (default: {default})")
             )
         else:
             choices = None
@@ -57,12 +67,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, *, skip: Sequenc
                 choices = list(typing.get_args(hints[f.name]))
             parser.add_argument(
                 flag, dest=f.name, type=tp, default=default, choices=choices,
-                help=f"{help_text} (default: {default})",
+                help=help_text + ("" if unset_defaults else f" (default: {default})"),
             )
 
 
-def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+def config_from_args(cls: type, args: argparse.Namespace, *, drop_none: bool = False, **extra: Any) -> Any:
     kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    if drop_none:
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for f in dataclasses.fields(cls):
         if typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple and f.name in kwargs:
             kwargs[f.name] = tuple(kwargs[f.name])
@@ -73,6 +85,7 @@ def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
 def _parser() -> argparse.ArgumentParser:
     from genrec_sftdata._nextpoi import NextPoiConfig
     from genrec_sftdata._prepare import PrepareConfig
+    from genrec_sftdata._seqrec import CtrConfig, SeqRecConfig
     from genrec_sftdata._synth import CityConfig
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
@@ -109,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--write-format", choices=["parquet", "jsonl", "hf"], default="parquet")
     p.add_argument("--tokenizer", default=None, help="tokenizer path for --max-length (transformers)")
     add_config_args(p, NextPoiConfig)
+    add_config_args(p, SeqRecConfig, unset_defaults=True, prefix_help="seqrec/ctr: ")
+    add_config_args(p, CtrConfig, skip=[f.name for f in dataclasses.fields(SeqRecConfig)], unset_defaults=True,
+                    prefix_help="ctr: ")
 
     p = sub.add_parser("stats", help="print the table of counts of a prepared folder")
     p.add_argument("dir", type=Path)
@@ -197,14 +213,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _build_other(args: argparse.Namespace) -> dict[str, Any]:
-    import genrec_sftdata as g
+    import polars as pl
 
-    if not args.input:
-        raise SftDataError(f"build --task {args.task} needs --input FILE")
-    builder = getattr(g, f"build_{args.task}", None)
-    if builder is None:
-        raise SftDataError(f"build --task {args.task} is not available in this version")
-    return builder(*args.input)  # type: ignore[no-any-return]
+    import genrec_sftdata as g
+    from genrec_sftdata._seqrec import CtrConfig, SeqRecConfig
+
+    inputs: list[Path] = args.input or []
+    if args.task == "seqrec":
+        if len(inputs) != 2:
+            raise SftDataError("build --task seqrec needs --input ITEMS --input INTERACTIONS (two files)")
+        cfg = config_from_args(SeqRecConfig, args, drop_none=True)
+        return g.build_seqrec(inputs[0], inputs[1], config=cfg)  # type: ignore[no-any-return]
+    if not inputs:
+        raise SftDataError("build --task ctr needs --input FILE.json (TALLRec) or --input RATINGS --input ITEMS")
+    if all(p.suffix == ".json" for p in inputs):
+        frames = [g.read_tallrec_json(p) for p in inputs]
+        merged = pl.concat(frames)
+        return {s: merged.filter(pl.col("split") == s) for s in merged["split"].unique(maintain_order=True)}
+    if len(inputs) != 2:
+        raise SftDataError("build --task ctr needs TALLRec .json files, or --input RATINGS --input ITEMS")
+    cfg = config_from_args(CtrConfig, args, drop_none=True)
+    return g.build_ctr(inputs[0], inputs[1], config=cfg)  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

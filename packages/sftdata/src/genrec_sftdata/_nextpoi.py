@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 
 from genrec_sftdata._contract import SPLITS, require_columns
@@ -203,9 +204,7 @@ def build_next_poi(
     rec = rec.with_columns(system=profile_system_expr(cfg.system_prompt))
 
     if cfg.max_length is not None:
-        from genrec_sftdata._budget import apply_token_budget
-
-        rec = apply_token_budget(rec, cfg, tokenizer, num_pois)
+        rec = _apply_token_budget(rec, cfg, tokenizer, num_pois)
     else:
         rec = rec.with_columns(n_cut=pl.lit(0, dtype=pl.Int64))
 
@@ -308,4 +307,86 @@ def _render(rec: pl.DataFrame, cfg: NextPoiConfig, num_pois: int) -> pl.DataFram
         target_poi_idx=pl.col("target_poi_idx").cast(pl.Int64),
         target_category_idx=pl.col("target_category_idx").cast(pl.Int64),
         history_poi_idx=pl.col("history_poi_idx").cast(pl.List(pl.Int64)),
+    )
+
+
+def _count_tokens(tokenizer: Any, texts: list[str]) -> np.ndarray:
+    if not texts:
+        return np.zeros(0, dtype=np.int64)
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return np.fromiter((len(x) for x in enc), dtype=np.int64, count=len(texts))
+
+
+def _record_tokens(rec: pl.DataFrame, cfg: NextPoiConfig, tokenizer: Any, num_pois: int) -> np.ndarray:
+    rendered = _render(rec, cfg, num_pois)
+    texts = rendered.select(pl.concat_str("prompt", "completion")).to_series().to_list()
+    return _count_tokens(tokenizer, texts)
+
+
+def _apply_token_budget(rec: pl.DataFrame, cfg: NextPoiConfig, tokenizer: Any, num_pois: int) -> pl.DataFrame:
+    """Keep the most recent check-ins whose prompt + completion fit in ``cfg.max_length`` tokens.
+
+    Sentences are counted one by one (with the joining space) to choose how many to keep; then whole
+    records are counted again and trimmed further where joining changed the count, so the budget holds
+    exactly for the rendered text.
+    """
+    assert cfg.max_length is not None
+    rec = rec.with_columns(__rid=pl.int_range(pl.len(), dtype=pl.Int64))
+    # Everything but the trajectory check-ins: system, question, history block, completion.
+    overhead = _record_tokens(rec.with_columns(pl.col("__sentences").list.head(0)), cfg, tokenizer, num_pois)
+    budget = pl.DataFrame({"__rid": rec["__rid"], "__budget": cfg.max_length - overhead})
+    sentences = rec.select(pl.col("__sentences").explode().drop_nulls().unique()).to_series()
+    counts = pl.DataFrame({"__s": sentences, "__c": _count_tokens(tokenizer, [" " + x for x in sentences.to_list()])})
+    # Newest first: the j-th most recent sentence is kept when the newest j fit.
+    n_keep = (
+        rec.select("__rid", pl.col("__sentences").list.reverse())
+        .explode("__sentences")
+        .drop_nulls("__sentences")
+        .join(counts, left_on="__sentences", right_on="__s", how="left", maintain_order="left")
+        .with_columns(__cum=pl.col("__c").cum_sum().over("__rid"))
+        .join(budget, on="__rid", how="left", maintain_order="left")
+        .group_by("__rid")
+        .agg(__keep=(pl.col("__cum") <= pl.col("__budget")).sum().cast(pl.Int64))
+    )
+    rec = rec.join(n_keep, on="__rid", how="left", maintain_order="left").with_columns(
+        pl.col("__keep").fill_null(0)
+    )
+    rec = _trim(rec)
+    for _ in range(8):
+        total = _record_tokens(rec, cfg, tokenizer, num_pois)
+        over = (total > cfg.max_length) & (rec["__keep"].to_numpy() > 0)
+        if not over.any():
+            break
+        rec = _trim(rec.with_columns(__keep=pl.Series(rec["__keep"].to_numpy() - over.astype(np.int64))))
+    # Per-sentence counts can also overestimate; give back check-ins while the whole record still fits.
+    for _ in range(8):
+        idx = np.nonzero(rec["n_cut"].to_numpy() > 0)[0]
+        if len(idx) == 0:
+            break
+        trial = _trim(rec[idx].with_columns(pl.col("__keep") + 1))
+        fits = _record_tokens(trial, cfg, tokenizer, num_pois) <= cfg.max_length
+        if not fits.any():
+            break
+        grow = np.zeros(rec.height, dtype=np.int64)
+        grow[idx[fits]] = 1
+        rec = _trim(rec.with_columns(pl.col("__keep") + pl.Series(grow)))
+    too_long = int((_record_tokens(rec, cfg, tokenizer, num_pois) > cfg.max_length).sum())
+    if too_long:
+        logger.warning(
+            "build_next_poi: %d records exceed max_length=%d even without check-ins", too_long, cfg.max_length
+        )
+    logger.info("build_next_poi: the token budget cut %d check-ins in all", int(rec["n_cut"].sum()))
+    return rec.drop("__rid", "__keep", "__orig_sentences", "__orig_history")
+
+
+def _trim(rec: pl.DataFrame) -> pl.DataFrame:
+    if "__orig_sentences" not in rec.columns:
+        rec = rec.with_columns(
+            __orig_sentences=pl.col("__sentences"), __orig_history=pl.col("history_poi_idx")
+        )
+    n = pl.col("__orig_sentences").list.len()
+    return rec.with_columns(
+        __sentences=pl.col("__orig_sentences").list.tail(pl.col("__keep")),
+        history_poi_idx=pl.col("__orig_history").list.tail(pl.col("__keep")),
+        n_cut=(n - pl.col("__keep")).cast(pl.Int64),
     )
