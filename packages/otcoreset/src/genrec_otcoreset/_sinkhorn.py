@@ -60,7 +60,8 @@ class SinkhornResult:
     n_iter: int
     """Iterations run (summed over eps stages; the most over a batch)."""
     marginal_error: torch.Tensor
-    """``||P 1 - a||_1 + ||P^T 1 - b||_1`` of the returned potentials."""
+    """``max(||P 1 - a||_1, ||P^T 1 - b||_1)`` of the returned potentials (the row error is only
+    rounding after an ``f`` update, so this is the column error that ``tol`` bounds)."""
     eps: float
     """The (final) regularisation strength."""
     backend: str

@@ -176,7 +176,7 @@ def _scaling_solve(
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
         cost += torch_dot(u[i0:i1], torch.mv(K[i0:i1] * C[i0:i1], v))
-    err_total = (r - a).abs().sum() + (c - b).abs().sum()
+    err_total = torch.maximum((r - a).abs().sum(), (c - b).abs().sum())
     return _Solved(
         f=f, g=g, n_iter=n_iter, cost=cost, objective=_objective(f, g, a, b, r, c, eps), marginal_error=err_total
     )
@@ -262,7 +262,7 @@ def _log_solve(
         r[i0:i1] = t.sum(1)
         c += t.sum(0)
         cost += torch_dot(t, cc)
-    err_total = (r - a).abs().sum() + (c - b).abs().sum()
+    err_total = torch.maximum((r - a).abs().sum(), (c - b).abs().sum())
     return _Solved(
         f=f, g=g, n_iter=n_iter, cost=cost, objective=_objective(f, g, a, b, r, c, eps), marginal_error=err_total
     )
