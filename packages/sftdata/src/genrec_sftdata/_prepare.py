@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, normalize_checkins
@@ -147,19 +148,25 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
     removed: dict[str, int] = {}
     n_input = df.height
 
+    # Integer keys in id order: every sort and group below runs on integers, and sorting by them gives
+    # the same order (and tie-breaks) as sorting by the string ids.
+    users = df.select(pl.col("user_id").unique().sort()).with_row_index("__u")
+    pois = df.select(pl.col("poi_id").unique().sort()).with_row_index("__p")
+    df = df.join(users, on="user_id", how="left", maintain_order="left").join(
+        pois, on="poi_id", how="left", maintain_order="left"
+    )
+
     if cfg.drop_duplicates:
         before = df.height
-        df = df.unique(subset=["user_id", "poi_id", "utc_time"], keep="first", maintain_order=True)
+        df = df.filter(pl.struct("__u", "__p", "utc_time").is_first_distinct())
         _removed("duplicates", before, df.height, removed)
-
-    lf = df.lazy()
     if cfg.min_poi_checkins > 1:
         before = df.height
-        df = lf.filter(pl.len().over("poi_id") >= cfg.min_poi_checkins).collect()
+        df = df.filter(pl.len().over("__p") >= cfg.min_poi_checkins)
         _removed("min_poi_checkins", before, df.height, removed)
     if cfg.min_user_checkins > 1:
         before = df.height
-        df = df.lazy().filter(pl.len().over("user_id") >= cfg.min_user_checkins).collect()
+        df = df.filter(pl.len().over("__u") >= cfg.min_user_checkins)
         _removed("min_user_checkins", before, df.height, removed)
     if df.height == 0:
         raise SftDataError(
@@ -167,58 +174,50 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
             f"(min_poi_checkins={cfg.min_poi_checkins}, min_user_checkins={cfg.min_user_checkins})"
         )
 
-    lf = df.lazy()
+    split_code = {s: i for i, s in enumerate(SPLITS)}
     if given_split:
         bad = df.filter(~pl.col("split").is_in(list(SPLITS)))
         if bad.height:
             raise SftDataError(f"{name}: column 'split' must be one of {SPLITS}; example row: {bad.row(0, named=True)}")
+        df = df.with_columns(__o=pl.col("split").replace_strict(split_code, return_dtype=pl.Int8)).drop("split")
     else:
         n = df.height
         n_train, n_trainval = int(n * cfg.train_frac), int(n * (cfg.train_frac + cfg.val_frac))
-        rank = pl.int_range(pl.len(), dtype=pl.Int64)
-        # Eager on purpose: in a lazy plan Polars drops this sort when a later sort follows, even
-        # though the row-number split depends on it (seen with polars 2.1).
-        lf = (
-            df.sort("utc_time", "user_id", "poi_id")
-            .with_columns(
-                split=pl.when(rank < n_train)
-                .then(pl.lit("train"))
-                .when(rank < n_trainval)
-                .then(pl.lit("val"))
-                .otherwise(pl.lit("test"))
-            )
-            .lazy()
-        )
+        # The rank of each row in (time, user, POI) order, without moving the (wide) rows: sort only
+        # the keys' positions, then scatter the split codes back.
+        order = df.select(pl.arg_sort_by("utc_time", "__u", "__p", maintain_order=True)).to_series().to_numpy()
+        codes = np.full(n, 2, dtype=np.int8)
+        codes[order[:n_train]] = 0
+        codes[order[n_train:n_trainval]] = 1
+        df = df.with_columns(__o=pl.Series(codes, dtype=pl.Int8))
 
     # Trajectories: a new one where the user changes, the split changes, or the gap is too long.
-    gap = pl.duration(seconds=int(cfg.max_gap_hours * 3600), microseconds=int((cfg.max_gap_hours * 3600 % 1) * 1e6))
-    split_order = pl.col("split").replace_strict({s: i for i, s in enumerate(SPLITS)}, return_dtype=pl.Int8)
+    # Numbered per user (1, 2, ...) before any trajectory is dropped, as LLM4POI numbers them.
+    gap = pl.duration(microseconds=round(cfg.max_gap_hours * 3_600_000_000))
+    new_user = (pl.col("__u") != pl.col("__u").shift(1)).fill_null(True)
     new = (
-        (pl.col("user_id") != pl.col("user_id").shift(1))
-        | (pl.col("split") != pl.col("split").shift(1))
+        new_user
+        | (pl.col("__o") != pl.col("__o").shift(1))
         | ((pl.col("utc_time") - pl.col("utc_time").shift(1)) > gap)
     ).fill_null(True)
     df = (
-        lf.with_columns(__split_order=split_order)
-        .sort("user_id", "__split_order", "utc_time", "poi_id")
-        .with_columns(__traj=new.cast(pl.Int64).cum_sum().over("user_id"))
-        .with_columns(trajectory_id=pl.concat_str(pl.col("user_id"), pl.lit("_"), pl.col("__traj").cast(pl.String)))
-        .drop("__traj")
-        .collect()
+        df.sort("__u", "__o", "utc_time", "__p")
+        .with_columns(__tid=new.cast(pl.Int64).cum_sum(), __new_user=new_user)
+        .with_columns(__k=pl.col("__tid") - pl.when("__new_user").then(pl.col("__tid")).forward_fill() + 1)
+        .drop("__new_user")
     )
 
-    short = pl.len().over("trajectory_id") < cfg.min_trajectory_checkins
+    short = pl.len().over("__tid") < cfg.min_trajectory_checkins
     if cfg.min_trajectory_checkins > 1:
         before = df.height
-        df = df.filter(~((pl.col("split") == "train") & short))
+        df = df.filter(~((pl.col("__o") == 0) & short))
         _removed("min_trajectory_checkins[train]", before, df.height, removed)
     if cfg.drop_unseen:
-        train = df.filter(pl.col("split") == "train")
-        seen_users, seen_pois = train["user_id"].unique(), train["poi_id"].unique()
+        train = df.filter(pl.col("__o") == 0)
         before = df.height
         df = df.filter(
-            (pl.col("split") == "train")
-            | (pl.col("user_id").is_in(seen_users.implode()) & pl.col("poi_id").is_in(seen_pois.implode()))
+            (pl.col("__o") == 0)
+            | (pl.col("__u").is_in(train["__u"].unique().implode()) & pl.col("__p").is_in(train["__p"].unique().implode()))
         )
         _removed("drop_unseen", before, df.height, removed)
     if cfg.min_trajectory_checkins > 1:
@@ -226,21 +225,28 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
         df = df.filter(~short)
         _removed("min_trajectory_checkins[val,test]", before, df.height, removed)
 
-    train = df.filter(pl.col("split") == "train")
+    train = df.filter(pl.col("__o") == 0)
     if train.height == 0:
         raise SftDataError(f"{name}: the train split is empty after preprocessing; nothing to fit codes on")
-    df = _fit_codes(df, train).sort("user_id", "utc_time", "__split_order", "poi_id").drop("__split_order")
+    df = _fit_codes(df, train)
+    if given_split:
+        # Given splits may interleave in time; a global time split already runs in (user, time) order.
+        df = df.sort("__u", "utc_time", "__o", "__p")
+    per_split = _split_stats_int(df)
+    df = df.with_columns(
+        split=pl.col("__o").replace_strict(dict(enumerate(SPLITS)), return_dtype=pl.String),
+        trajectory_id=pl.concat_str(pl.col("user_id"), pl.lit("_"), pl.col("__k").cast(pl.String)),
+    ).drop("__u", "__p", "__o", "__tid", "__k")
     extras = [c for c in df.columns if c not in PREPARED_COLUMNS]
     df = df.select(*PREPARED_COLUMNS, *extras)
 
-    per_split = split_stats(df)
     stats: dict[str, Any] = {
         "source": name,
         "input_rows": n_input,
         "removed": removed,
         "splits": per_split,
-        "num_pois": int(df.filter(pl.col("split") == "train")["poi_idx"].max()) + 1,
-        "num_users": int(df.filter(pl.col("split") == "train")["user_idx"].max()) + 1,
+        "num_pois": int(train["__p"].n_unique()),
+        "num_users": int(train["__u"].n_unique()),
         "num_categories": int(df["category_idx"].max()) + 1,
         "given_split": given_split,
         "config": asdict(cfg),
@@ -263,28 +269,38 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
     return PreparedData(checkins=df, train=parts["train"], val=parts["val"], test=parts["test"], stats=stats, path=path)
 
 
-def _codes(values: pl.Series, name: str) -> pl.DataFrame:
-    """0-based codes in sorted order of the ids (stable whatever the row order)."""
-    uniq = values.unique().sort()
-    return pl.DataFrame({values.name: uniq, name: pl.int_range(len(uniq), dtype=pl.Int64, eager=True)})
+def _split_stats_int(df: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """split_stats on the integer keys (the same numbers, without hashing strings)."""
+    aggs = {
+        "users": pl.col("__u").n_unique(),
+        "pois": pl.col("__p").n_unique(),
+        "categories": pl.col("category_idx").n_unique(),
+        "checkins": pl.len(),
+        "trajectories": pl.col("__tid").n_unique(),
+    }
+    per = df.group_by("__o").agg(**aggs)
+    out = {s: dict.fromkeys(aggs, 0) for s in SPLITS}
+    for row in per.iter_rows(named=True):
+        split = SPLITS[row.pop("__o")]
+        out[split] = {k: int(v) for k, v in row.items()}
+    out["all"] = {k: int(v) for k, v in df.select(**aggs).row(0, named=True).items()}
+    return out
 
 
 def _fit_codes(df: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
-    users = _codes(train["user_id"], "user_idx")
-    pois = _codes(train["poi_id"], "poi_idx")
-    cats = _codes(train["category_id"], "category_idx")
+    """0-based codes fitted on train, in sorted order of the ids (stable whatever the row order)."""
+    users = train.select(pl.col("__u").unique().sort()).with_row_index("user_idx")
+    pois = train.select(pl.col("__p").unique().sort()).with_row_index("poi_idx")
+    cats = train.select(pl.col("category_id").unique().sort()).with_row_index("category_idx")
     # Categories first seen after train (possible when drop_unseen is off) get codes after train's.
-    extra = (
-        df.select("category_id").unique().join(cats, on="category_id", how="anti").sort("category_id")
-    )
+    extra = df.select(pl.col("category_id").unique()).join(cats, on="category_id", how="anti").sort("category_id")
     if extra.height:
-        cats = pl.concat(
-            [cats, extra.with_columns(category_idx=pl.int_range(pl.len(), dtype=pl.Int64) + cats.height)]
-        )
+        cats = pl.concat([cats, extra.with_row_index("category_idx", offset=cats.height)])
     return (
-        df.join(users, on="user_id", how="left")
-        .join(pois, on="poi_id", how="left")
-        .join(cats, on="category_id", how="left")
+        df.join(users, on="__u", how="left", maintain_order="left")
+        .join(pois, on="__p", how="left", maintain_order="left")
+        .join(cats, on="category_id", how="left", maintain_order="left")
+        .with_columns(pl.col("user_idx", "poi_idx", "category_idx").cast(pl.Int64))
     )
 
 
