@@ -1,0 +1,282 @@
+"""SFT records → token ids with labels masked to the completion / assistant tokens."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from genrec_trainer._errors import TrainerError
+
+if TYPE_CHECKING:
+    import polars as pl
+    import torch
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Example:
+    """One training sequence: token ids, labels (``-100`` where no loss is taken), optional positions."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    position_ids: tuple[int, ...] | None = None
+    n_records: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizedSet:
+    examples: list[Example]
+    n_records: int
+    n_truncated: int
+    format: str
+
+
+def read_records(path: str | Path, *, role: str = "train") -> pl.DataFrame:
+    """Read SFT records from .parquet, .jsonl/.ndjson, .json (a list) or a datasets save_to_disk folder."""
+    import polars as pl
+
+    path = Path(path)
+    if not str(path) or str(path) == ".":
+        raise TrainerError(f"config field {role!r}: no {role} records given")
+    if not path.exists():
+        raise TrainerError(f"{role} records: path does not exist: {path}")
+    try:
+        if path.is_dir():
+            if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+                raise TrainerError(
+                    f"{role} records: {path} is a folder but not a datasets save_to_disk folder"
+                )
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                if role not in ds and len(ds) != 1:
+                    raise TrainerError(f"{role} records: {path} holds splits {list(ds)}, none named {role!r}")
+                ds = ds[role] if role in ds else next(iter(ds.values()))
+            frame = pl.from_arrow(ds.data.table)
+            assert isinstance(frame, pl.DataFrame)
+        elif path.suffix == ".parquet":
+            frame = pl.read_parquet(path)
+        elif path.suffix in (".jsonl", ".ndjson"):
+            frame = pl.read_ndjson(path) if path.stat().st_size else pl.DataFrame()
+        elif path.suffix == ".json":
+            frame = pl.read_json(path)
+        else:
+            raise TrainerError(f"{role} records: {path}: unknown format (use .parquet, .jsonl or a folder)")
+    except TrainerError:
+        raise
+    except Exception as exc:  # polars / pyarrow raise many types for unreadable files
+        raise TrainerError(f"{role} records: cannot read {path}: {exc}") from exc
+    if frame.height == 0:
+        raise TrainerError(f"{role} records: {path} holds no records")
+    return frame
+
+
+def resolve_format(frame: pl.DataFrame, fmt: str, tokenizer: Any, *, path: str | Path, role: str) -> str:
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if fmt == "auto":
+        fmt = "messages" if "messages" in frame.columns and has_template else "prompt"
+    need = ["prompt", "completion"] if fmt == "prompt" else ["messages"]
+    missing = [c for c in need if c not in frame.columns]
+    if missing:
+        raise TrainerError(
+            f"{role} records {path}: missing column(s) {missing} needed by format {fmt!r} "
+            f"(columns: {frame.columns})"
+        )
+    if fmt == "messages" and not has_template:
+        raise TrainerError("format 'messages' needs a chat template, and the tokenizer of the model has none")
+    return fmt
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    return str(text)
+
+
+def chat_segments(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[tuple[str, bool]]:
+    """Split a rendered conversation into (text, trainable) pieces; assistant replies are trainable.
+
+    Each assistant reply is the difference between the conversation rendered through that reply and
+    the conversation before it rendered with the generation prompt, so the trained tokens are exactly
+    what the model is asked to produce at inference time.
+    """
+    msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(msgs):
+        if message["role"] != "assistant":
+            continue
+        prefix = _render_prefix(tokenizer, msgs[:i])
+        through = _render(tokenizer, msgs[: i + 1], generation=False)
+        if not prefix.startswith(done) or not through.startswith(prefix):
+            raise ValueError("the chat template does not render conversations prefix-consistently")
+        segments.append((prefix[len(done) :], False))
+        segments.append((through[len(prefix) :], True))
+        done = through
+    rest = _render(tokenizer, msgs, generation=False)
+    if rest.startswith(done) and len(rest) > len(done):
+        segments.append((rest[len(done) :], False))
+    return [(text, trainable) for text, trainable in segments if text]
+
+
+def _render_prefix(tokenizer: Any, msgs: list[dict[str, str]]) -> str:
+    if msgs:
+        return _render(tokenizer, msgs, generation=True)
+    try:  # a conversation that opens with the assistant: some templates cannot render no messages
+        return _render(tokenizer, [], generation=True)
+    except Exception:
+        return ""
+
+
+def _encode(tokenizer: Any, text: str, *, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def tokenize_records(
+    frame: pl.DataFrame,
+    tokenizer: Any,
+    *,
+    fmt: str,
+    max_length: int,
+    truncation: bool,
+    path: str | Path,
+    role: str = "train",
+) -> TokenizedSet:
+    """Token ids and labels for every record; labels are ``-100`` outside completion/assistant text."""
+    fmt = resolve_format(frame, fmt, tokenizer, path=path, role=role)
+    ids_col = frame["record_id"].cast(str).to_list() if "record_id" in frame.columns else None
+    eos = tokenizer.eos_token_id
+    examples: list[Example] = []
+    n_truncated = 0
+    columns = ["prompt", "completion"] if fmt == "prompt" else ["messages"]
+    for row_no, row in enumerate(frame.select(columns).iter_rows(named=True)):
+        rid = ids_col[row_no] if ids_col is not None else f"row {row_no}"
+        if fmt == "prompt":
+            prompt, completion = row["prompt"], row["completion"]
+            if prompt is None or completion is None:
+                raise TrainerError(f"{role} records {path}: record {rid!r} has a null prompt or completion")
+            p_ids = _encode(tokenizer, str(prompt), special=True)
+            c_ids = _encode(tokenizer, str(completion), special=False)
+            if eos is not None and (not c_ids or c_ids[-1] != eos):
+                c_ids.append(eos)
+            ids = p_ids + c_ids
+            labels = [IGNORE_INDEX] * len(p_ids) + c_ids
+        else:
+            messages = row["messages"]
+            if not messages:
+                raise TrainerError(f"{role} records {path}: record {rid!r} has no messages")
+            try:
+                segments = chat_segments(tokenizer, messages)
+            except (KeyError, TypeError) as exc:
+                raise TrainerError(
+                    f"{role} records {path}: record {rid!r}: messages must be a list of "
+                    f"{{role, content}}: {exc}"
+                ) from exc
+            except ValueError as exc:
+                raise TrainerError(f"{role} records {path}: record {rid!r}: {exc}") from exc
+            ids, labels = [], []
+            for text, trainable in segments:
+                piece = _encode(tokenizer, text, special=False)
+                ids += piece
+                labels += piece if trainable else [IGNORE_INDEX] * len(piece)
+        if all(label == IGNORE_INDEX for label in labels):
+            raise TrainerError(
+                f"{role} records {path}: record {rid!r} has nothing to train on "
+                f"({'empty completion' if fmt == 'prompt' else 'no assistant message'})"
+            )
+        if len(ids) > max_length:
+            if not truncation:
+                raise TrainerError(
+                    f"{role} records {path}: record {rid!r} has {len(ids)} tokens, more than "
+                    f"max_length={max_length} (raise max_length or set truncation = true)"
+                )
+            ids, labels = _truncate(ids, labels, max_length)
+            n_truncated += 1
+        examples.append(Example(input_ids=tuple(ids), labels=tuple(labels)))
+    if n_truncated:
+        logger.warning(
+            "%s records %s: %d of %d records cut to max_length=%d",
+            role,
+            path,
+            n_truncated,
+            len(examples),
+            max_length,
+        )
+    return TokenizedSet(examples=examples, n_records=len(examples), n_truncated=n_truncated, format=fmt)
+
+
+def _truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Drop masked (prompt) tokens from the left first, then completion tokens from the right."""
+    excess = len(ids) - max_length
+    first_trained = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+    # Keep at least one context token before the first trained one: the first token of a sequence
+    # is never predicted.
+    cut = min(excess, max(first_trained - 1, 0))
+    ids, labels = ids[cut:], labels[cut:]
+    return ids[:max_length], labels[:max_length]
+
+
+def pack(examples: Sequence[Example], max_length: int) -> list[Example]:
+    """Greedy packing in the given order; position ids restart at each record so attention stays inside it."""
+    packs: list[Example] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    n = 0
+
+    def flush() -> None:
+        nonlocal ids, labels, pos, n
+        if ids:
+            packs.append(
+                Example(input_ids=tuple(ids), labels=tuple(labels), position_ids=tuple(pos), n_records=n)
+            )
+        ids, labels, pos, n = [], [], [], 0
+
+    for ex in examples:
+        if len(ids) + len(ex.input_ids) > max_length:
+            flush()
+        ids += ex.input_ids
+        # The first token of a record is never a target (nothing precedes it inside the record).
+        labels += [IGNORE_INDEX, *ex.labels[1:]]
+        pos += range(len(ex.input_ids))
+        n += 1
+    flush()
+    return packs
+
+
+def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; packed batches carry position ids instead of an attention mask."""
+    import torch
+
+    width = max(len(ex.input_ids) for ex in batch)
+    n = len(batch)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    packed = batch[0].position_ids is not None
+    if packed:
+        position_ids = torch.zeros((n, width), dtype=torch.long)
+    else:
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+    for i, ex in enumerate(batch):
+        k = len(ex.input_ids)
+        input_ids[i, :k] = torch.tensor(ex.input_ids)
+        labels[i, :k] = torch.tensor(ex.labels)
+        if packed:
+            assert ex.position_ids is not None
+            position_ids[i, :k] = torch.tensor(ex.position_ids)
+            # Padding forms its own trailing "record" so that real tokens never attend to it.
+            position_ids[i, k:] = torch.arange(width - k)
+        else:
+            attention_mask[i, :k] = 1
+    out = {"input_ids": input_ids, "labels": labels}
+    if packed:
+        out["position_ids"] = position_ids
+    else:
+        out["attention_mask"] = attention_mask
+    return out

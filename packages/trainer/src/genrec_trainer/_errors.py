@@ -1,0 +1,7 @@
+"""The package's one exception type."""
+
+from __future__ import annotations
+
+
+class TrainerError(ValueError):
+    """Bad input to the trainer: the message names the file, column, record or config field at fault."""
