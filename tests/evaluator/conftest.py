@@ -75,3 +75,111 @@ def nyc(shared_data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     root = shared_data / "foursquare_nyc"
     checkins = _checkins_from_getnext(root / "NYC_val.csv", root / "NYC_test.csv")
     return checkins, _records_from_checkins(checkins)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def build_tiny_llama(path: Path, *, hidden: int = 32, seed: int = 0) -> Path:
+    """A random 2-layer Llama with a character-level tokenizer (and a chat template), saved as an HF
+    folder. Needs torch and transformers: call from tests that importorskip them."""
+    import string
+
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(string.printable[:95])}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    # Two cores shared with other jobs: one intra-op thread avoids spin-wait oversubscription.
+    torch.set_num_threads(1)
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def make_poi_records(n: int = 6, num_pois: int = 40, seed: int = 0) -> pl.DataFrame:
+    """Next-POI records with prompts and GenUP completions, over a small city of ``num_pois`` POIs."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        user = f"u{i % 3}"
+        history = [rng.randrange(num_pois) for _ in range(rng.randint(1, 4))]
+        target = rng.randrange(num_pois)
+        prompt = f"User {user} visited POI ids {', '.join(map(str, history))}. Where next?\n"
+        completion = f"At 2024-01-0{1 + i % 7} 1{i % 10}:00:00, user {user} will visit POI id {target}."
+        rows.append(
+            {
+                "record_id": f"r{i}",
+                "task": "next_poi",
+                "user_id": user,
+                "split": "test",
+                "prompt": prompt,
+                "completion": completion,
+                "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                "target_poi_idx": target,
+                "trajectory_id": f"{user}_{i}",
+                "n_checkins": len(history),
+                "history_poi_idx": history,
+                "num_pois": num_pois,
+                "target_category_idx": target % 3,
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def make_train(num_pois: int = 40, seed: int = 1) -> pl.DataFrame:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for u in range(3):
+        for t in range(u + 1):
+            for _ in range(5):
+                poi = rng.randrange(num_pois)
+                rows.append({"user_id": f"u{u}", "trajectory_id": f"u{u}_t{t}", "poi_idx": poi,
+                             "category_idx": poi % 3, "category_name": f"cat{poi % 3}", "split": "train"})
+    rows.append({"user_id": "u0", "trajectory_id": "u0_t9", "poi_idx": num_pois - 1, "category_idx": 0,
+                 "category_name": "cat0", "split": "train"})
+    return pl.DataFrame(rows)
+
+
+@pytest.fixture
+def poi_records() -> pl.DataFrame:
+    return make_poi_records()
+
+
+@pytest.fixture
+def poi_train() -> pl.DataFrame:
+    return make_train()
+
+
+@pytest.fixture(scope="session")
+def other_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    """A tiny Llama of another width: adapters trained on it do not fit ``tiny_llama``."""
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "other-llama", hidden=48, seed=1)

@@ -1,0 +1,232 @@
+"""Next-POI evaluation of a model: ranked (log-likelihood of every candidate id) or generate (GenUP's
+sampling, then parse the id), always beside the baselines."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from genrec_evaluator._analysis import add_groups, category_names
+from genrec_evaluator._baselines import (
+    BASELINES,
+    BaselineConfig,
+    _ranked_lists,
+    _train_only,
+    baseline_predictions,
+    system_metrics,
+)
+from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._protocols import Query, Scorer
+from genrec_evaluator._records import check_next_poi_records
+from genrec_evaluator._result import PREDICTION_SCHEMA, EvaluationResult
+
+log = logging.getLogger(__name__)
+
+# "At 2012-12-21 08:29:31, user 349 will visit POI id 1234." -> prefix, separator, id, terminator.
+_COMPLETION = re.compile(r"^(?P<prefix>.*POI id)(?P<sep>\s*)(?P<id>\d+)(?P<end>\.?\s*)$", re.DOTALL)
+_GENERATED_ID = re.compile(r"^\s*(\d+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NextPoiConfig:
+    """How a model is evaluated on next-POI records."""
+
+    mode: Literal["ranked", "generate"] = field(
+        default="ranked", metadata={"help": "ranked: rank candidate ids by log-likelihood; generate: sample"}
+    )
+    candidates: Literal["all", "popularity", "user_frequent", "markov"] = field(
+        default="all", metadata={"help": "ranked mode: every POI id, or the top-N of a cheap retriever"}
+    )
+    top_n: int = field(default=100, metadata={"help": "retriever candidates per record"})
+    save_top: int = field(default=100, metadata={"help": "ids kept in each saved ranked list"})
+    format: Literal["auto", "prompt", "messages"] = field(
+        default="auto", metadata={"help": "how prompts are rendered (as genrec-trainer trained them)"}
+    )
+    batch_size: int = field(default=128, metadata={"help": "candidates per forward pass"})
+    temperature: float = field(default=0.6, metadata={"help": "generate: sampling temperature (0 = greedy)"})
+    top_k: int = field(default=50, metadata={"help": "generate: top-k"})
+    top_p: float = field(default=0.9, metadata={"help": "generate: top-p"})
+    typical_p: float = field(default=1.0, metadata={"help": "generate: typical-p"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "generate: repetition penalty"})
+    max_new_tokens: int = field(default=8, metadata={"help": "generate: new tokens"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling and of the random baseline"})
+    baselines: tuple[str, ...] = field(default=BASELINES, metadata={"help": "baselines reported beside the model"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ranked", "generate"):
+            raise EvaluatorError(f"mode must be ranked or generate, got {self.mode!r}")
+        if self.candidates not in ("all", "popularity", "user_frequent", "markov"):
+            raise EvaluatorError(f"candidates must be all, popularity, user_frequent or markov, got {self.candidates!r}")
+        for name in ("top_n", "save_top", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise EvaluatorError(f"config field {name} must be >= 1, got {getattr(self, name)}")
+
+
+def split_completion(completion: str, *, record_id: str = "?") -> tuple[str, str, str]:
+    """(prefix up to ``POI id``, separator before the id, terminator after it) of a completion."""
+    match = _COMPLETION.match(completion or "")
+    if match is None:
+        raise EvaluatorError(
+            f"record {record_id!r}: field completion does not end with 'POI id <number>.': {completion!r}"
+        )
+    return match["prefix"], match["sep"], match["end"]
+
+
+def parse_poi_id(generated: str, num_pois: int) -> int | None:
+    """The POI id at the start of a generation, or ``None`` when there is no valid one."""
+    match = _GENERATED_ID.match(generated)
+    if match is None:
+        return None
+    value = int(match[1])
+    return value if 0 <= value < num_pois else None
+
+
+def _queries(records: pl.DataFrame) -> list[tuple[Query, str, str]]:
+    if "completion" not in records.columns or "prompt" not in records.columns:
+        raise EvaluatorError(f"records: model evaluation needs prompt and completion columns; have {records.columns}")
+    has_messages = "messages" in records.columns
+    out = []
+    for row in records.select("record_id", "prompt", "completion", *(["messages"] if has_messages else [])).iter_rows(named=True):
+        prefix, sep, end = split_completion(row["completion"], record_id=row["record_id"])
+        messages = tuple(row["messages"]) if has_messages and row["messages"] else None
+        out.append((Query(prompt=row["prompt"] or "", completion_prefix=prefix, messages=messages), sep, end))
+    return out
+
+
+def _history_train(records: pl.DataFrame) -> pl.DataFrame:
+    """Pseudo train check-ins from the records' own histories (when no train data is given)."""
+    return records.select(
+        "user_id", pl.col("record_id").alias("trajectory_id"), pl.col("history_poi_idx").alias("poi_idx")
+    ).explode("poi_idx").drop_nulls("poi_idx")
+
+
+def _model_predictions(
+    records: pl.DataFrame, scorer: Scorer, config: NextPoiConfig, candidate_lists: list[list[int]] | None
+) -> pl.DataFrame:
+    from tqdm.auto import tqdm
+
+    queries = _queries(records)
+    targets = records["target_poi_idx"].to_list()
+    num_pois = records["num_pois"].to_list()
+    ranked_out: list[list[int]] = []
+    generated: list[str] = []
+    valid: list[bool] = []
+    ranks = np.full(records.height, np.inf)
+    rows = tqdm(range(records.height), disable=not config.progress, desc=f"next-POI ({config.mode})")
+    for i in rows:
+        query, sep, end = queries[i]
+        if config.mode == "ranked":
+            cands = np.asarray(candidate_lists[i] if candidate_lists is not None else range(num_pois[i]), dtype=np.int64)
+            scores = scorer.score(query, [f"{sep}{c}{end}" for c in cands])
+            order = cands[np.argsort(-scores, kind="stable")]
+            hit = np.flatnonzero(order == targets[i])
+            if hit.size:
+                ranks[i] = hit[0] + 1
+            ranked_out.append(order[: config.save_top].tolist())
+            generated.append("")
+            valid.append(True)
+        else:
+            text = scorer.generate(query, seed=config.seed + i)
+            poi = parse_poi_id(text, num_pois[i])
+            generated.append(text)
+            valid.append(poi is not None)
+            ranked_out.append([] if poi is None else [poi])
+            if poi is not None and poi == targets[i]:
+                ranks[i] = 1
+    return pl.DataFrame(
+        {
+            "record_id": records["record_id"],
+            "ranked": pl.Series(ranked_out, dtype=pl.List(pl.Int64)),
+            "generated": generated,
+            "valid": valid,
+            "target_rank": ranks,
+        },
+        schema=PREDICTION_SCHEMA,  # type: ignore[arg-type]
+    )
+
+
+def evaluate_next_poi(
+    records: pl.DataFrame,
+    *,
+    model: str | Path | Scorer,
+    adapter: str | Path | None = None,
+    mode: Literal["ranked", "generate"] | None = None,
+    train: pl.DataFrame | None = None,
+    config: NextPoiConfig | None = None,
+) -> EvaluationResult:
+    """Evaluate a model on next-POI ``records`` and report it beside the baselines.
+
+    ``model`` is an HF folder, a ``.gguf`` file, the alias ``smollm2``, or any :class:`Scorer`.
+    ``train`` is the prepared check-ins table: it fits the baselines and the user-activity groups;
+    without it the baselines are fitted on the records' own histories (and said so in ``meta``).
+    ``mode`` overrides ``config.mode``.
+    """
+    config = config or NextPoiConfig()
+    if mode is not None and mode != config.mode:
+        from dataclasses import replace
+
+        config = replace(config, mode=mode)
+    start = time.perf_counter()
+    train_rows = _train_only(train) if train is not None else None
+    num_pois = int(train_rows["poi_idx"].max()) + 1 if train_rows is not None else None  # type: ignore[arg-type, operator]
+    checked = check_next_poi_records(records, num_pois=num_pois)
+    if config.limit is not None:
+        checked = checked.head(config.limit)
+    fit = train_rows if train_rows is not None else _history_train(checked)
+    grouped = add_groups(checked, train_rows)
+    _queries(grouped)  # fail on malformed completions before loading a model
+
+    scorer: Any
+    if isinstance(model, Scorer):
+        scorer = model
+        model_name = type(model).__name__
+    else:
+        from genrec_evaluator._models import load_model
+        from genrec_evaluator._scoring import GenerationParams, HFScorer
+
+        if config.threads is not None:
+            import torch
+
+            torch.set_num_threads(config.threads)
+        hf_model, tokenizer = load_model(model, adapter=adapter, device=config.device, dtype=config.dtype)
+        params = GenerationParams(
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, typical_p=config.typical_p,
+            repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
+        )
+        scorer = HFScorer(hf_model, tokenizer, fmt=config.format, batch_size=config.batch_size, generation=params)
+        model_name = str(model)
+
+    candidate_lists = None
+    if config.mode == "ranked" and config.candidates != "all":
+        lists = _ranked_lists(grouped, fit, config.candidates, BaselineConfig(top_k=config.top_n))
+        candidate_lists = [c or [] for c in lists["ranked"].to_list()]
+    model_preds = _model_predictions(grouped, scorer, config, candidate_lists)
+    base_config = BaselineConfig(systems=config.baselines, seed=config.seed, top_k=max(config.save_top, 10))
+    predictions = {"model": model_preds, **baseline_predictions(grouped, fit, base_config)}
+    names = category_names(train_rows)
+    metrics = {s: system_metrics(grouped, p, names) for s, p in predictions.items()}
+    seconds = time.perf_counter() - start
+    log.info("next-POI %s evaluation of %d records in %.1fs", config.mode, grouped.height, seconds)
+    meta: dict[str, Any] = {
+        "model": model_name,
+        "adapter": str(adapter) if adapter is not None else None,
+        "mode": config.mode,
+        "candidates": config.candidates if config.mode == "ranked" else None,
+        "baselines_fitted_on": "train check-ins" if train_rows is not None else "record histories (no train data)",
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+    }
+    return EvaluationResult(
+        task="next_poi", metrics=metrics, predictions=predictions, records=grouped, meta=meta, seconds=seconds
+    )
