@@ -1,0 +1,136 @@
+"""The genrec-otcoreset CLI: select from saved features, the selection table and log, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from genrec_otcoreset import FeatureSet, save_features, select
+from genrec_otcoreset._cli import main
+
+
+def _features(tmp_path: Path, name: str, n: int, seed: int, labels: bool = True) -> Path:
+    rng = np.random.default_rng(seed)
+    fs = FeatureSet(
+        record_ids=tuple(f"{name}-{i}" for i in range(n)),
+        embeddings=rng.normal(size=(n, 6)).astype(np.float32),
+        grad_norms=rng.lognormal(size=n),
+        labels=(np.arange(n) % 2) if labels else None,
+    )
+    return save_features(fs, tmp_path / name)
+
+
+def test_select_writes_table_and_log(tmp_path, capsys):
+    train = _features(tmp_path, "train", 80, 0)
+    val = _features(tmp_path, "val", 30, 1)
+    out = tmp_path / "sel" / "selection.parquet"
+    rc = main(["--no-progress", "select", "--features", str(train), "--val-features", str(val), "--budget", "7",
+               "--lambda", "0.2", "--max-swaps", "5", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "exact POO" in printed
+    table = pl.read_parquet(out)
+    assert table.columns == ["record_id", "selected", "rank"]
+    assert table.height == 80 and table["selected"].sum() == 7
+    chosen = table.filter(pl.col("selected")).sort("rank")
+    assert chosen["rank"].to_list() == list(range(1, 8))
+    assert table.filter(~pl.col("selected"))["rank"].null_count() == 73
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert {"method", "budget", "lambda", "trace", "poo", "seconds"} <= log.keys()
+    assert log["method"] == "itra" and log["budget"] == 7 and log["lambda"] == 0.2
+    assert log["poo"] == log["trace"][-1]
+    # The same selection through the API.
+    from genrec_otcoreset import load_features
+
+    tr, va = load_features(train), load_features(val)
+    res = select(embeddings=tr.embeddings, grad_norms=tr.grad_norms, val_embeddings=va.embeddings, budget=7,
+                 lam=0.2, max_swaps=5, device="cpu")
+    assert chosen["record_id"].to_list() == [tr.record_ids[i] for i in res.indices]
+    assert log["poo"] == pytest.approx(res.poo)
+
+
+def test_select_with_labels_and_baseline(tmp_path):
+    train = _features(tmp_path, "train", 60, 2)
+    val = _features(tmp_path, "val", 20, 3)
+    out = tmp_path / "s.parquet"
+    rc = main(["--no-progress", "select", "--features", str(train), "--val-features", str(val), "--budget", "6",
+               "--method", "kcenter", "--labels-from-records", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    table = pl.read_parquet(out)
+    labels = pl.read_parquet(train / "features.parquet")["label"]
+    assert labels.filter(table["selected"]).value_counts().sort("label")["count"].to_list() == [3, 3]
+    assert json.loads(out.with_suffix(".json").read_text())["method"] == "kcenter"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget", "0"], "budget must be an integer in [1, 40]"),
+        (["--budget", "41"], "budget must be an integer in [1, 40]"),
+        (["--budget", "3", "--method", "best"], "method must be one of"),
+        (["--budget", "3", "--labels-from-records"], "has no label column"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
+    train = _features(tmp_path, "train", 40, 4, labels=False)
+    val = _features(tmp_path, "val", 10, 5, labels=False)
+    rc = main(["select", "--features", str(train), "--val-features", str(val), "--out", str(tmp_path / "o.parquet"),
+               "--device", "cpu", *extra])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec-otcoreset: error: ") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_missing_folder_and_debug_traceback(tmp_path, capsys):
+    args = ["select", "--features", str(tmp_path / "nope"), "--val-features", str(tmp_path / "nope"),
+            "--budget", "3", "--out", str(tmp_path / "o.parquet")]
+    assert main(args) == 2
+    assert "features folder does not exist" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", *args])
+
+
+def test_mismatched_dimensions_exit_2(tmp_path, capsys):
+    train = _features(tmp_path, "train", 20, 6)
+    rng = np.random.default_rng(0)
+    val = save_features(
+        FeatureSet(record_ids=("v0", "v1"), embeddings=rng.normal(size=(2, 3)).astype(np.float32), grad_norms=np.ones(2)),
+        tmp_path / "val",
+    )
+    rc = main(["select", "--features", str(train), "--val-features", str(val), "--budget", "2",
+               "--out", str(tmp_path / "o.parquet"), "--device", "cpu"])
+    assert rc == 2
+    assert "same dimension, got 6 and 3" in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "features" in out and "select" in out
+    with pytest.raises(SystemExit):
+        main(["select", "--help"])
+    assert "--lambda" in capsys.readouterr().out
+
+
+def test_features_command_end_to_end(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentence_transformers")
+    from tests.otcoreset.test_features import _model_folder, _records
+
+    model = _model_folder(tmp_path)
+    records = _records(tmp_path / "r.parquet")
+    rc = main(["--no-progress", "features", "--records", str(records), "--model", str(model), "--out",
+               str(tmp_path / "f"), "--device", "cpu", "--batch-size", "2"])
+    assert rc == 0
+    assert "features of 5 records (dim 384)" in capsys.readouterr().out
+    table = pl.read_parquet(tmp_path / "f" / "features.parquet")
+    assert table["record_id"].to_list() == [f"r{i}" for i in range(5)]
+    assert table["label"].to_list() == [1, 0, 1, 0, 1]
+    rc = main(["features", "--records", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "g")])
+    assert rc == 2
