@@ -8,11 +8,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from genrec_evaluator._analysis import cross_city_matrix, trajectory_length_groups, user_activity_groups
 from genrec_evaluator._baselines import BaselineConfig, run_baselines
+from genrec_evaluator._ctr import CtrConfig, evaluate_ctr, read_ctr_records
+from genrec_evaluator._embed import Embedder, HashingEmbedder
 from genrec_evaluator._errors import EvaluatorError
 from genrec_evaluator._io import load_checkins, read_records
 from genrec_evaluator._metrics import acc_at_k, auc, hr_at_k, mrr, ndcg_at_k, target_ranks
+from genrec_evaluator._nextpoi import NextPoiConfig, evaluate_next_poi
+from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._report import compare_runs, plot_cross_city, write_cross_city, write_report
 from genrec_evaluator._result import EvaluationResult
+from genrec_evaluator._seqrec import SeqRecConfig, evaluate_seqrec, read_items
 
 try:
     __version__ = version("genrec-evaluator")
@@ -21,18 +26,30 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "BaselineConfig",
+    "CtrConfig",
+    "Embedder",
     "EvaluationResult",
     "EvaluatorError",
+    "HashingEmbedder",
+    "NextPoiConfig",
+    "Query",
+    "Scorer",
+    "SeqRecConfig",
     "__version__",
     "acc_at_k",
     "auc",
     "compare_runs",
     "cross_city_matrix",
+    "evaluate_ctr",
+    "evaluate_next_poi",
+    "evaluate_seqrec",
     "hr_at_k",
     "load_checkins",
     "mrr",
     "ndcg_at_k",
     "plot_cross_city",
+    "read_ctr_records",
+    "read_items",
     "read_records",
     "run_baselines",
     "target_ranks",

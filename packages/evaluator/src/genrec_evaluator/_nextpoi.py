@@ -29,8 +29,9 @@ from genrec_evaluator._result import PREDICTION_SCHEMA, EvaluationResult
 
 log = logging.getLogger(__name__)
 
-# "At 2012-12-21 08:29:31, user 349 will visit POI id 1234." -> prefix, separator, id, terminator.
-_COMPLETION = re.compile(r"^(?P<prefix>.*POI id)(?P<sep>\s*)(?P<id>\d+)(?P<end>\.?\s*)$", re.DOTALL)
+# "At 2012-12-21 08:29:31, user 349 will visit POI id 1234." -> prefix, separator, id, terminator
+# (the terminator is whatever follows the id: "." or, in the llama2 format, ". </s>").
+_COMPLETION = re.compile(r"^(?P<prefix>.*POI id)(?P<sep>\s*)(?P<id>\d+)(?P<end>(?:\D.*)?)$", re.DOTALL)
 _GENERATED_ID = re.compile(r"^\s*(\d+)")
 
 

@@ -1,0 +1,132 @@
+"""CTR evaluation (TALLRec): P(Yes) from the softmax over the first tokens of "Yes" and "No" -> AUC."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._io import read_records
+from genrec_evaluator._metrics import auc
+from genrec_evaluator._protocols import Query, Scorer
+from genrec_evaluator._result import EvaluationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CtrConfig:
+    """How P(Yes) is read from the model."""
+
+    yes: str = field(default="Yes", metadata={"help": "the positive answer word"})
+    no: str = field(default="No", metadata={"help": "the negative answer word"})
+    format: Literal["auto", "prompt", "messages"] = field(default="auto", metadata={"help": "prompt rendering"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
+    seed: int = field(default=0, metadata={"help": "seed of the random baseline"})
+    device: str = field(default="cpu", metadata={"help": "torch device"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+
+
+def read_ctr_records(path: str | Path, *, split: str | None = "test") -> pl.DataFrame:
+    """CTR records (``prompt``, ``label``), or a TALLRec JSON list read with genrec-sftdata."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            head = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise EvaluatorError(f"{path}: not valid JSON: {exc}") from exc
+        if isinstance(head, list) and head and isinstance(head[0], dict) and "instruction" in head[0]:
+            from genrec_sftdata import read_tallrec_json
+
+            return read_tallrec_json(path)
+    return read_records(path, split=split)
+
+
+def _check(records: pl.DataFrame) -> pl.DataFrame:
+    if records.height == 0:
+        raise EvaluatorError("ctr records: empty test set (0 records to evaluate)")
+    missing = [c for c in ("prompt", "label") if c not in records.columns]
+    if missing:
+        raise EvaluatorError(f"ctr records: missing column(s) {missing}; have {records.columns}")
+    if "record_id" not in records.columns:
+        records = records.with_row_index("record_id").with_columns(pl.col("record_id").cast(pl.String))
+    bad = records.with_row_index("_row").filter(~pl.col("label").is_in([0, 1]) | pl.col("label").is_null())
+    if bad.height:
+        r = bad.row(0, named=True)
+        raise EvaluatorError(f"ctr records: record {r['record_id']!r} (row {r['_row']}): field label must be 0 or 1, got {r['label']!r}")
+    return records
+
+
+def p_yes_from_logprobs(logp_yes: np.ndarray, logp_no: np.ndarray) -> np.ndarray:
+    """Softmax over the two answers: ``P(Yes) = e^yes / (e^yes + e^no)``, computed stably."""
+    return 1.0 / (1.0 + np.exp(np.asarray(logp_no) - np.asarray(logp_yes)))
+
+
+def evaluate_ctr(
+    records: pl.DataFrame,
+    *,
+    model: str | Path | Scorer,
+    adapter: str | Path | None = None,
+    config: CtrConfig | None = None,
+) -> EvaluationResult:
+    """AUC of P(Yes) against ``label``, beside a seeded random baseline and the constant prior.
+
+    With an HF model (or an :class:`HFScorer`), P(Yes) is the softmax over the next-token logits of the
+    first tokens of ``config.yes`` and ``config.no`` after the prompt (token ids looked up from the
+    tokenizer). Any other :class:`Scorer` is asked for the log-likelihoods of the two words.
+    """
+    config = config or CtrConfig()
+    start = time.perf_counter()
+    records = _check(records)
+    if config.limit is not None:
+        records = records.head(config.limit)
+    scorer: Any
+    if isinstance(model, Scorer):
+        scorer = model
+    else:
+        from genrec_evaluator._models import load_model
+        from genrec_evaluator._scoring import HFScorer
+
+        hf_model, tokenizer = load_model(model, adapter=adapter, device=config.device, dtype=config.dtype)
+        scorer = HFScorer(hf_model, tokenizer, fmt=config.format)
+    from tqdm.auto import tqdm
+
+    msgs = records["messages"].to_list() if "messages" in records.columns else [None] * records.height
+    token_ids = scorer.first_token_ids([config.yes, config.no]) if hasattr(scorer, "first_token_ids") else None
+    p_yes = np.empty(records.height)
+    for i, (prompt, m) in enumerate(tqdm(list(zip(records["prompt"].to_list(), msgs)), disable=not config.progress, desc="ctr")):
+        query = Query(prompt=prompt or "", completion_prefix="", messages=tuple(m) if m else None)
+        if token_ids is not None:
+            lp = scorer.next_token_logprobs(query, token_ids)
+        else:
+            lp = scorer.score(query, [config.yes, config.no])
+        p_yes[i] = p_yes_from_logprobs(lp[0], lp[1])
+    labels = records["label"].to_numpy().astype(int)
+    rng = np.random.default_rng(config.seed)
+    systems = {"model": p_yes, "random": rng.random(records.height)}
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, scores in systems.items():
+        metrics[name] = {
+            "auc": auc(labels, scores),
+            "accuracy": float(np.mean((scores > 0.5) == (labels == 1))),
+            "n": int(records.height),
+        }
+    metrics["model"]["mean_p_yes"] = float(p_yes.mean())
+    metrics["majority"] = {"auc": 0.5, "accuracy": float(max(labels.mean(), 1 - labels.mean())), "n": int(records.height)}
+    predictions = {
+        "model": pl.DataFrame({"record_id": records["record_id"].cast(pl.String), "p_yes": p_yes, "label": labels})
+    }
+    return EvaluationResult(
+        task="ctr", metrics=metrics, predictions=predictions, records=records,
+        meta={"model": str(model) if not isinstance(model, Scorer) else type(model).__name__,
+              "adapter": str(adapter) if adapter else None, "yes": config.yes, "no": config.no},
+        seconds=time.perf_counter() - start,
+    )
