@@ -100,10 +100,10 @@ def test_local_run_fits_the_context_and_records_failures(tiny_model: Path, city:
 
 
 def test_model_argument_errors(tmp_path: Path) -> None:
-    with pytest.raises(ProfilerError, match="not a folder, a .gguf file or one of the aliases"):
+    with pytest.raises(ProfilerError, match=r"not a folder, a \.gguf file or one of the aliases"):
         resolve_model(tmp_path / "nothing-here")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ProfilerError, match="no config.json"):
+    with pytest.raises(ProfilerError, match=r"no config\.json"):
         resolve_model(tmp_path / "empty")
     with pytest.raises(ProfilerError, match="GGUF file does not exist"):
         resolve_model(tmp_path / "missing.gguf")
