@@ -3,7 +3,8 @@ one PNG per benchmark function of time against problem size (with the in-run bas
 physical floor where the benchmark records them).
 
 Keys read from a benchmark's ``extra_info`` (all optional):
-``problem_size`` (else ``n``, else a numeric ``size``, else the first numeric parametrize value) for
+``problem_size`` (else ``n``, else a numeric ``size`` or the largest number in a ``size`` dict, else the
+first numeric parametrize value) for
 the x axis; ``floor_s`` (or any ``*_floor_s``, e.g. ``memory_floor_s``), the physical floor in
 seconds (memory or compute bound); ``baseline_s``, the
 in-run baseline's time; ``ratio``, ``target``, ``baseline`` for the table.
@@ -50,7 +51,14 @@ def load_saved(results_dir: Path) -> dict[str, list[Saved]]:
 def problem_size(bench: Bench) -> tuple[float | None, str | None]:
     """The x value of a benchmark and the name of the parameter it came from."""
     for key in X_KEYS:
-        value = as_float(bench.extra_info.get(key))
+        raw = bench.extra_info.get(key)
+        if isinstance(raw, dict):  # size={"users": 800, "checkins": 94256}: the largest count
+            numeric = [(as_float(v), str(k)) for k, v in raw.items() if as_float(v) is not None]
+            if numeric:
+                value, sub = max(numeric)  # type: ignore[type-var]
+                return value, f"{key}.{sub}"
+            continue
+        value = as_float(raw)
         if value is not None:
             return value, key
     params = bench.raw.get("params") or {}

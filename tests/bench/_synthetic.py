@@ -9,7 +9,7 @@ def entry(
     fullname: str,
     median: float,
     *,
-    size: str = "quick",
+    bench_size: str = "quick",
     params: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def entry(
         "fullname": fullname,
         "params": params,
         "param": None,
-        "extra_info": {"bench_size": size, **extra},
+        "extra_info": {"bench_size": bench_size, **extra},
         "options": {},
         "stats": {"min": median * 0.9, "max": median * 1.2, "mean": median, "median": median, "rounds": 5},
     }

@@ -92,7 +92,7 @@ def test_benchmark_new_to_an_existing_baseline_is_not_failed() -> None:
 
 
 def test_sizes_are_compared_only_with_the_same_size() -> None:
-    (row,) = _rows(run(entry(SINK, 10.0, size="full")), run(entry(SINK, 0.1, size="quick")))
+    (row,) = _rows(run(entry(SINK, 10.0, bench_size="full")), run(entry(SINK, 0.1, bench_size="quick")))
     assert (row.verdict, row.failed) == ("new", False)
 
 
@@ -116,7 +116,7 @@ def test_table_has_the_promised_columns() -> None:
 
 def test_save_replaces_same_size_and_keeps_others() -> None:
     saved, _ = merge_into_baseline(
-        None, run(entry(SINK, 1.0, size="full"), entry(SINK, 0.1)), default_size="quick", replace=True
+        None, run(entry(SINK, 1.0, bench_size="full"), entry(SINK, 0.1)), default_size="quick", replace=True
     )
     merged, written = merge_into_baseline(saved, run(entry(SINK, 0.2)), default_size="quick", replace=True)
     assert written == 1

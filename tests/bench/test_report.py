@@ -81,6 +81,8 @@ def test_problem_size_and_plot_names() -> None:
     assert problem_size(bench_from_json(entry("a::t[x]", 1.0, problem_size=7, n=3))) == (7.0, "problem_size")
     assert problem_size(bench_from_json(entry("a::t[x]", 1.0, size="quick", params={"b": 64}))) == (64.0, "b")
     assert problem_size(bench_from_json(entry("a::t[x]", 1.0, params={"dtype": "f32"}))) == (None, None)
+    sized = entry("a::t", 1.0, size={"users": 800, "checkins": 94256, "name": "tky"})
+    assert problem_size(bench_from_json(sized)) == (94256.0, "size.checkins")
     assert floor_seconds(bench_from_json(entry("a::t", 1.0, memory_floor_s=0.25))) == 0.25
     assert floor_seconds(bench_from_json(entry("a::t", 1.0, floor_s=0.5, memory_floor_s=0.25))) == 0.5
     assert floor_seconds(bench_from_json(entry("a::t", 1.0))) is None
