@@ -223,7 +223,7 @@ def _build_other(args: argparse.Namespace) -> dict[str, Any]:
         if len(inputs) != 2:
             raise SftDataError("build --task seqrec needs --input ITEMS --input INTERACTIONS (two files)")
         cfg = config_from_args(SeqRecConfig, args, drop_none=True)
-        return g.build_seqrec(inputs[0], inputs[1], config=cfg)  # type: ignore[no-any-return]
+        return g.build_seqrec(inputs[0], inputs[1], config=cfg)
     if not inputs:
         raise SftDataError("build --task ctr needs --input FILE.json (TALLRec) or --input RATINGS --input ITEMS")
     if all(p.suffix == ".json" for p in inputs):
@@ -233,7 +233,7 @@ def _build_other(args: argparse.Namespace) -> dict[str, Any]:
     if len(inputs) != 2:
         raise SftDataError("build --task ctr needs TALLRec .json files, or --input RATINGS --input ITEMS")
     cfg = config_from_args(CtrConfig, args, drop_none=True)
-    return g.build_ctr(inputs[0], inputs[1], config=cfg)  # type: ignore[no-any-return]
+    return g.build_ctr(inputs[0], inputs[1], config=cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

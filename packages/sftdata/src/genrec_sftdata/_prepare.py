@@ -247,7 +247,7 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
         "splits": per_split,
         "num_pois": int(train["__p"].n_unique()),
         "num_users": int(train["__u"].n_unique()),
-        "num_categories": int(df["category_idx"].max()) + 1,
+        "num_categories": int(df["category_idx"].n_unique()),
         "given_split": given_split,
         "config": asdict(cfg),
     }
@@ -322,7 +322,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
     if "num_pois" not in stats:
         train = frames["train"]
-        stats["num_pois"] = int(train["poi_idx"].max()) + 1 if train.height else 0
+        stats["num_pois"] = int(train["poi_idx"].n_unique())
     return PreparedData(
         checkins=frames["checkins"],
         train=frames["train"],

@@ -136,8 +136,10 @@ def _sample_negatives(
         .sort()
         .to_numpy()
     )
-    rec_u = rec.select("user_id").join(users, on="user_id", how="left", maintain_order="left")["__u"]
-    rec_u = rec_u.fill_null(-1).cast(pl.Int64).to_numpy()
+    rec_u = (
+        rec.select("user_id").join(users, on="user_id", how="left", maintain_order="left")["__u"]
+        .fill_null(-1).cast(pl.Int64).to_numpy()
+    )
     out = np.empty((rec.height, k), dtype=np.int64)
     for lo in range(0, rec.height, chunk):
         hi = min(rec.height, lo + chunk)

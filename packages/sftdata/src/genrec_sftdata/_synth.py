@@ -140,6 +140,7 @@ class CityConfig:
     )
     zipf_exponent: float = field(default=1.0, metadata={"help": "POI popularity power-law exponent"})
     chunk_users: int = field(default=4096, metadata={"help": "users simulated per vectorised chunk"})
+    progress: bool = field(default=False, metadata={"help": "show a progress bar over user chunks"})
 
     def __post_init__(self) -> None:
         if self.n_users < 1:
@@ -266,7 +267,12 @@ def synthesize_city(*, n_users: int, seed: int = 0, **opts: Any) -> pl.DataFrame
     start_weekday = start.weekday()
     cat_ids = _category_ids()
     frames: list[pl.DataFrame] = []
-    for lo in range(0, cfg.n_users, cfg.chunk_users):
+    starts = range(0, cfg.n_users, cfg.chunk_users)
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="synthesize_city", unit="chunk")
+    for lo in starts:
         hi = min(cfg.n_users, lo + cfg.chunk_users)
         frames.append(
             _simulate_chunk(
@@ -326,7 +332,7 @@ def synthesize_city(*, n_users: int, seed: int = 0, **opts: Any) -> pl.DataFrame
         n_pois,
         n_nbhd,
         out.height,
-        {k: v for k, v in asdict(cfg).items() if k not in ("n_users",)},
+        {k: v for k, v in asdict(cfg).items() if k not in ("n_users", "progress")},
     )
     return out
 
