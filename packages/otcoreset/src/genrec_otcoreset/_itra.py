@@ -13,9 +13,11 @@ Refinement, one accepted swap per round:
 4. For the best ``candidates`` of each, the pair score is the semi-dual value of ``S - r + o`` with
    ``f`` kept on ``S - r``, ``phi`` on ``o`` and the c-transform on the columns: a certified *lower
    bound* on the swapped POO, so pairs whose bound is not below the current POO are dropped unseen.
+   Moving r's transport in the current plan onto o gives a feasible plan, hence an *upper* bound;
+   pairs are ranked by a mix of the two (``RANK_MIX``).
 5. The best few pairs are screened at once with gathered Sinkhorn warm-started from ``(f, g)``,
-   and the best are confirmed with the exact solver; a swap is accepted only if its exact POO is
-   lower. The round stops at ``max_swaps`` accepted swaps or when no confirmed pair improves.
+   (on CUDA; on CPU the bounds rank them) and the best are confirmed with the exact solver, warm-
+   started from the current duals; a swap is accepted only if its exact POO is lower. The round stops at ``max_swaps`` accepted swaps or when no confirmed pair improves.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ log = logging.getLogger(__name__)
 # An exact POO must drop by more than this to count as an improvement: network-simplex costs of two
 # selections with the same optimum can differ in the last bits.
 _IMPROVE_TOL = 1e-12
+# Pairs are ranked by this mix of their lower bound (semi-dual) and upper bound (transplanted plan):
+# on the bench problems, leaning on the upper bound accepts more swaps per exact solve.
+RANK_MIX = 0.25
 
 
-def greedy_init(cost: torch.Tensor, budget: int, *, batch: int = 16) -> list[int]:
+def greedy_init(cost: torch.Tensor, budget: int, *, batch: int = 64) -> list[int]:
     """Facility-location greedy: repeatedly add the row that most lowers ``sum_j min_{i in S} C_ij``.
 
     Lazy evaluation over batches: the gain of a row can only shrink as ``S`` grows (submodularity), so
@@ -63,28 +68,30 @@ def greedy_init(cost: torch.Tensor, budget: int, *, batch: int = 16) -> list[int
     fresh = torch.zeros(n, dtype=torch.bool, device=cost.device)  # bound computed against the current cmin
     while len(selected) < budget:
         width = min(batch, n - len(selected))
-        _, cand = torch.topk(upper, width)
+        vals, cand = torch.topk(upper, min(width + 1, n))
+        # Every row outside the batch has a bound <= the (width+1)-th largest.
+        threshold = float(vals[width]) if vals.numel() > width else neg_inf
+        cand = cand[:width]
         stale = cand[~fresh[cand]]
         if stale.numel():
             upper[stale] = (cmin[None, :] - cost[stale]).clamp_(min=0).sum(1, dtype=torch.float64)
             fresh[stale] = True
-        best_val = upper[cand].max()
-        rest = upper.clone()
-        rest[cand] = neg_inf
-        if best_val >= rest.max():
+        best_val = float(upper[cand].max())
+        if best_val < threshold:
+            continue
+        if best_val == threshold:
             # Rows outside the batch whose bound ties the best might tie it exactly (zero gains do,
             # late in the greedy): refresh them, then take the lowest index, as a plain argmax would.
-            contenders = torch.nonzero(upper >= best_val).flatten()
-            stale = contenders[~fresh[contenders]]
+            cand = torch.nonzero(upper >= best_val).flatten()
+            stale = cand[~fresh[cand]]
             if stale.numel():
                 upper[stale] = (cmin[None, :] - cost[stale]).clamp_(min=0).sum(1, dtype=torch.float64)
                 fresh[stale] = True
-            ties = contenders[upper[contenders] == best_val]
-            pick = int(ties.min())
-            selected.append(pick)
-            upper[pick] = neg_inf
-            cmin = torch.minimum(cmin, cost[pick])
-            fresh.zero_()
+        pick = int(cand[upper[cand] == best_val].min())
+        selected.append(pick)
+        upper[pick] = neg_inf
+        cmin = torch.minimum(cmin, cost[pick])
+        fresh.zero_()
     return selected
 
 
@@ -148,7 +155,7 @@ def refine_swaps(
     candidates: int = 30,
     max_swaps: int = 100,
     screen: int = 8,
-    confirm: int = 3,
+    confirm: int = 4,
     screen_iter: int = 20,
     eps: float = 1e-3,
     use_sinkhorn: bool = True,
@@ -206,8 +213,12 @@ def refine_swaps(
                 col = torch.minimum(best_loo[a][None, :], c_out - p[:, None]).sum(dim=1) / m
                 bounds[a] = base - f[in_pos[a]] / k + p / k + col
                 phis[a] = p
+            # Upper bound from a feasible plan: o takes over exactly r's transport.
+            plan_r = torch.as_tensor(sol.plan, device=dev)[in_pos]  # (c_in, m)
+            upper = sol.cost + plan_r @ c_out.T - (plan_r * red[in_pos] + plan_r * f[in_pos, None]).sum(1, keepdim=True)
             flat = bounds.flatten()
-            order = torch.argsort(flat)
+            key = (RANK_MIX * flat + (1 - RANK_MIX) * upper.flatten())
+            order = torch.argsort(key)
             eligible = order[flat[order] < sol.cost - _IMPROVE_TOL][:screen]
             if eligible.numel() == 0:
                 log.info("no candidate swap can lower POO (all lower bounds >= %.6g); stopping", sol.cost)
