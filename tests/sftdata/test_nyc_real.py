@@ -64,3 +64,16 @@ def test_default_rules_on_real_data(nyc: dict[str, Path]) -> None:
     recs = g.build_next_poi(data)
     assert recs["test"].height == data.stats["splits"]["test"]["trajectories"]
     assert recs["test"]["prompt"][0].endswith(f"range from 0 to {data.num_pois}.")
+
+
+def test_cli_split_inputs(nyc: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from genrec_sftdata._cli import main
+
+    out = tmp_path / "nyc"
+    assert main(["prepare", "--split-inputs", "--input", str(nyc["train"]), "--input", str(nyc["test"]),
+                 "--out", str(out), "--min-poi-checkins", "0", "--min-user-checkins", "0"]) == 0
+    assert str(out) in capsys.readouterr().out
+    stats = g.load_prepared(out).stats
+    assert stats["given_split"] is True
+    assert stats["input_rows"] == _file_counts(nyc["train"])["checkins"] + _file_counts(nyc["test"])["checkins"]
+    assert stats["splits"]["val"]["checkins"] == 0
