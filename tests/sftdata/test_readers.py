@@ -179,3 +179,10 @@ def test_timezone_derives_local_time(city: pl.DataFrame) -> None:
     got = g.prepare(frame, config=g.PrepareConfig(min_poi_checkins=0, min_user_checkins=0, min_trajectory_checkins=1))
     want = got.checkins["utc_time"].dt.replace_time_zone(None) + timedelta(minutes=-300)
     assert got.checkins["local_time"].to_list() == want.to_list()
+
+
+def test_hub_id_that_cannot_be_loaded_is_one_clear_error() -> None:
+    pytest.importorskip("datasets")
+    assert g.sniff_format("genrec-tests/no-such-dataset") == "hf"
+    with pytest.raises(g.SftDataError, match=r"genrec-tests/no-such-dataset: cannot load the Hugging Face dataset"):
+        g.read_checkins("genrec-tests/no-such-dataset")

@@ -289,7 +289,13 @@ def _read_hf(item: str | Path) -> pl.DataFrame:
     import datasets
 
     p = Path(item)
-    ds = datasets.load_from_disk(str(p)) if p.exists() else datasets.load_dataset(str(item))
+    if p.exists():
+        ds = datasets.load_from_disk(str(p))
+    else:
+        try:
+            ds = datasets.load_dataset(str(item))
+        except Exception as exc:  # offline, unknown repo, no access: one clear error naming the id
+            raise SftDataError(f"{item}: cannot load the Hugging Face dataset: {type(exc).__name__}: {exc}") from exc
     if isinstance(ds, datasets.DatasetDict):
         rename = {"validation": "val", "valid": "val", "dev": "val"}
         parts = [
