@@ -181,6 +181,7 @@ def test_timezone_derives_local_time(city: pl.DataFrame) -> None:
     assert got.checkins["local_time"].to_list() == want.to_list()
 
 
+@pytest.mark.slow  # datasets retries the hub before giving up: about 20 s
 def test_hub_id_that_cannot_be_loaded_is_one_clear_error() -> None:
     pytest.importorskip("datasets")
     assert g.sniff_format("genrec-tests/no-such-dataset") == "hf"
