@@ -77,3 +77,9 @@ def test_chunking_does_not_change_the_shape() -> None:
     many = g.synthesize_city(n_users=40, seed=3, chunk_users=7)
     assert set(one.columns) == set(many.columns)
     assert one["user_id"].n_unique() == many["user_id"].n_unique() == 40
+
+
+def test_smallest_city_survives_the_default_rules() -> None:
+    data = g.prepare(g.synthesize_city(n_users=20, seed=0))
+    assert all(data.stats["splits"][s]["checkins"] > 50 for s in ("train", "val", "test"))
+    assert all(frame.height > 10 for frame in g.build_next_poi(data).values())
