@@ -114,6 +114,13 @@ def test_max_history_and_history_block(small_prepared: g.PreparedData) -> None:
     with_block = hist.filter(pl.col("prompt").str.contains("There is also historical data: "))
     assert with_block.height == hist.height  # every test user has earlier check-ins
     assert with_block["prompt"][0].count(" visited POI id ") == with_block["n_checkins"][0] + 3
+    # Reference: the user's three check-ins just before the trajectory's first one, oldest first.
+    ck = small_prepared.checkins.sort("user_id", "utc_time")
+    for row in hist.head(20).iter_rows(named=True):
+        mine = ck.filter(pl.col("user_id") == row["user_id"])
+        start = mine.filter(pl.col("trajectory_id") == row["trajectory_id"])["utc_time"].min()
+        before = [_sentence(r) for r in mine.filter(pl.col("utc_time") < start).tail(3).iter_rows(named=True)]
+        assert f"There is also historical data: {' '.join(before)} Given the data, " in row["prompt"]
 
 
 def test_write_records_formats(small_prepared: g.PreparedData, tmp_path) -> None:
