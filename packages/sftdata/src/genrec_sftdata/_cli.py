@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--write-format", choices=["parquet", "jsonl", "hf"], default="parquet")
     p.add_argument("--tokenizer", default=None, help="tokenizer path for --max-length (transformers)")
+    p.add_argument("--progress", action="store_true", help="show progress bars while writing")
     add_config_args(p, NextPoiConfig)
     add_config_args(p, SeqRecConfig, unset_defaults=True, prefix_help="seqrec/ctr: ")
     add_config_args(p, CtrConfig, skip=[f.name for f in dataclasses.fields(SeqRecConfig)], unset_defaults=True,
@@ -195,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
             records = g.build_next_poi(args.data, profiles, config=cfg, tokenizer=tokenizer)
         else:
             records = _build_other(args)
-        g.write_records(records, args.out, format=args.write_format)
+        g.write_records(records, args.out, format=args.write_format, progress=args.progress)
         counts = ", ".join(f"{k}={v.height}" for k, v in records.items())
         print(f"wrote {args.task} records to {args.out} ({args.write_format}): {counts}")
         return 0

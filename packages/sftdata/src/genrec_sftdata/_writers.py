@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +35,25 @@ def _write_one(frame: pl.DataFrame, path: Path, fmt: str) -> Path:
     raise SftDataError(f"write_records: unknown format {fmt!r}; use parquet, jsonl or hf")
 
 
+@contextlib.contextmanager
+def _datasets_progress(enabled: bool) -> Iterator[None]:
+    """``datasets`` shows progress bars by default; ours are off unless asked for."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    if enabled:
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+        else:
+            datasets.disable_progress_bars()
+
+
 def to_hf_dataset(frame_or_dict: pl.DataFrame | Mapping[str, pl.DataFrame]) -> Any:
     """A ``datasets.Dataset`` (or ``DatasetDict`` for a dict of splits) over the same columns."""
     import datasets
@@ -48,17 +68,19 @@ def write_records(
     path: str | Path,
     *,
     format: Format = "auto",
+    progress: bool = False,
 ) -> Path:
     """Write records atomically and return where they went.
 
     A frame goes to ``path`` (format from the suffix when ``auto``; ``.jsonl`` for JSON lines). A dict
     of splits goes to ``path/<split>.parquet`` (or ``.jsonl``). ``format="hf"`` writes a Hugging Face
-    ``Dataset``/``DatasetDict`` with ``save_to_disk``.
+    ``Dataset``/``DatasetDict`` with ``save_to_disk`` (its progress bars only with ``progress``).
     """
     path = Path(path)
     if format == "hf":
         ds = to_hf_dataset(frame_or_dict)
-        atomic_write_dir(path, lambda tmp: ds.save_to_disk(str(tmp)))
+        with _datasets_progress(progress):
+            atomic_write_dir(path, lambda tmp: ds.save_to_disk(str(tmp)))
         logger.info("write_records: saved a Hugging Face dataset to %s", path)
         return path
     if isinstance(frame_or_dict, pl.DataFrame):
