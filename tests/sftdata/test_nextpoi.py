@@ -43,7 +43,7 @@ def _expected_records(data: g.PreparedData, every_prefix: bool) -> dict[str, dic
             user = (
                 f"The following data is a trajectory of user {t['user_id']}: "
                 + " ".join(_sentence(r) for r in hist)
-                + f" Given the data, At {t['local_time']:%Y-%m-%d %H:%M:%S}, Which POI id will user {t['user_id']} "
+                + f"\nGiven the data, At {t['local_time']:%Y-%m-%d %H:%M:%S}, Which POI id will user {t['user_id']} "
                 f"visit? Note that POI id is an integer in the range from 0 to {data.num_pois}."
             )
             completion = f"At {t['local_time']:%Y-%m-%d %H:%M:%S}, user {t['user_id']} will visit POI id {t['poi_idx']}."
@@ -120,7 +120,7 @@ def test_max_history_and_history_block(small_prepared: g.PreparedData) -> None:
         mine = ck.filter(pl.col("user_id") == row["user_id"])
         start = mine.filter(pl.col("trajectory_id") == row["trajectory_id"])["utc_time"].min()
         before = [_sentence(r) for r in mine.filter(pl.col("utc_time") < start).tail(3).iter_rows(named=True)]
-        assert f"There is also historical data: {' '.join(before)} Given the data, " in row["prompt"]
+        assert f". There is also historical data: {' '.join(before)}\nGiven the data, " in row["prompt"]
 
 
 def test_write_records_formats(small_prepared: g.PreparedData, tmp_path) -> None:

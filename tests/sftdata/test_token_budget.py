@@ -47,7 +47,7 @@ def test_budget_keeps_most_recent_and_is_maximal(small_prepared: g.PreparedData,
             assert c["prompt"] == f["prompt"]
         else:
             # Maximal: one more check-in would not fit. Rebuild that longer prompt by hand.
-            sentences = f["messages"][1]["content"].split(": ", 1)[1].split(" Given the data, ")[0]
+            sentences = f["messages"][1]["content"].split(": ", 1)[1].split("\nGiven the data, ")[0]
             parts = [s + "." for s in sentences.rstrip(".").split(". ")]
             longer = " ".join(parts[len(parts) - kept - 1:])
             user = f["messages"][1]["content"].replace(sentences, longer)

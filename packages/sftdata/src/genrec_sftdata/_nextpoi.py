@@ -240,9 +240,11 @@ def _attach_history(rec: pl.DataFrame, checkins: pl.DataFrame, k: int) -> pl.Dat
 
 
 def _user_text(sentences: pl.Expr, hist: pl.Expr, num_pois: int) -> pl.Expr:
+    """GenUP's instruction: the trajectory, a newline, the question (LLM4POI's history block, when
+    asked for, sits between them, as in LLM4POI's prompts)."""
     history_block = (
         pl.when(hist.list.len() > 0)
-        .then(pl.concat_str(pl.lit("There is also historical data: "), hist.list.join(" "), pl.lit(" ")))
+        .then(pl.concat_str(pl.lit(" There is also historical data: "), hist.list.join(" ")))
         .otherwise(pl.lit(""))
     )
     return pl.concat_str(
@@ -250,9 +252,8 @@ def _user_text(sentences: pl.Expr, hist: pl.Expr, num_pois: int) -> pl.Expr:
         pl.col("user_id"),
         pl.lit(": "),
         sentences.list.join(" "),
-        pl.lit(" "),
         history_block.fill_null(""),
-        pl.lit("Given the data, At "),
+        pl.lit("\nGiven the data, At "),
         _fmt_time("target_time"),
         pl.lit(", Which POI id will user "),
         pl.col("user_id"),
