@@ -145,3 +145,33 @@ def test_hf_dataset_writer(small_prepared: g.PreparedData, tmp_path) -> None:
     assert ds["test"].num_rows == recs["test"].height
     assert ds["test"][0]["prompt"] == recs["test"]["prompt"][0]
     assert ds["test"][0]["messages"] == recs["test"]["messages"][0].to_list()
+
+
+def test_genup_layout_round_trip(small_prepared: g.PreparedData, tmp_path) -> None:
+    """Our records written in GenUP's published layout parse back to the same task fields."""
+    datasets = pytest.importorskip("datasets")
+    recs = g.build_next_poi(small_prepared)
+    genup = {
+        split: frame.select(
+            system_prompt=pl.col("messages").list.get(0).struct.field("content"),
+            inputs=pl.col("messages").list.get(1).struct.field("content"),
+            targets=pl.col("completion"),
+        )
+        for split, frame in recs.items()
+        if split != "val"
+    }
+    datasets.DatasetDict({s: datasets.Dataset(f.to_arrow()) for s, f in genup.items()}).save_to_disk(
+        str(tmp_path / "genup")
+    )
+    back = g.read_genup_records(tmp_path / "genup")
+    assert set(back) == {"train", "test"}
+    for split, frame in back.items():
+        ours = recs[split]
+        for col in ("user_id", "prompt", "completion", "messages", "target_poi_idx", "n_checkins",
+                    "target_time", "history_poi_idx", "num_pois"):
+            assert frame[col].to_list() == ours[col].to_list(), col
+    with pytest.raises(g.SftDataError, match="read_genup_records"):
+        g.read_checkins(tmp_path / "genup")
+    bad = genup["test"].with_columns(targets=pl.lit("I think POI 3"))
+    with pytest.raises(g.SftDataError, match=r"row 0 is not a GenUP next-POI record"):
+        g.read_genup_records(bad)

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from genrec_sftdata._contract import PREPARED_COLUMNS, RAW_COLUMNS
 from genrec_sftdata._errors import SftDataError
+from genrec_sftdata._genup import read_genup_records
 from genrec_sftdata._nextpoi import NextPoiConfig, build_next_poi, checkin_sentence_expr
 from genrec_sftdata._prepare import PrepareConfig, PreparedData, load_prepared, prepare
 from genrec_sftdata._readers import read_checkins, sniff_format
@@ -39,6 +40,7 @@ __all__ = [
     "prepare",
     "push_to_hub",
     "read_checkins",
+    "read_genup_records",
     "read_tallrec_json",
     "sniff_format",
     "synthesize_city",

@@ -309,6 +309,11 @@ def _read_hf(item: str | Path) -> pl.DataFrame:
 
 
 def _hf_to_contract(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    if {"system_prompt", "inputs", "targets"} <= set(frame.columns):
+        raise SftDataError(
+            f"{source}: this is GenUP's SFT layout (system_prompt, inputs, targets), not check-ins; "
+            "read it with genrec_sftdata.read_genup_records"
+        )
     if "POI_id" in frame.columns:
         return from_getnext(frame, source=source)
     return frame
