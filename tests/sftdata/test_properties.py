@@ -38,10 +38,19 @@ def _frame(rows: list[tuple[str, str, float]]) -> pl.DataFrame:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.lists(checkin, min_size=1, max_size=60), cfg=configs)
-def test_prepare_promises(rows: list[tuple[str, str, float]], cfg: g.PrepareConfig) -> None:
+@given(
+    rows=st.lists(checkin, min_size=1, max_size=60),
+    cfg=configs,
+    given_split=st.one_of(st.none(), st.lists(st.sampled_from(["train", "val", "test"]), min_size=60, max_size=60)),
+)
+def test_prepare_promises(
+    rows: list[tuple[str, str, float]], cfg: g.PrepareConfig, given_split: list[str] | None
+) -> None:
+    frame = _frame(rows)
+    if given_split is not None:  # an input that brings its own split, kept as given
+        frame = frame.with_columns(split=pl.Series(given_split[: frame.height]))
     try:
-        data = g.prepare(_frame(rows), config=cfg)
+        data = g.prepare(frame, config=cfg)
     except g.SftDataError as exc:
         error = str(exc)
     else:
@@ -71,9 +80,16 @@ def test_prepare_promises(rows: list[tuple[str, str, float]], cfg: g.PrepareConf
     assert (per["len"] >= cfg.min_trajectory_checkins).all()
     # Splits are chronological and codes are dense on train.
     val, test = ck.filter(pl.col("split") == "val"), ck.filter(pl.col("split") == "test")
-    if val.height:
+    if given_split is not None:
+        # Kept as given: every surviving row carries the split it came with.
+        original = frame.with_columns(split=pl.Series(given_split[: frame.height])).unique(
+            subset=["user_id", "poi_id", "utc_time"], keep="first", maintain_order=True
+        )
+        joined = ck.join(original, on=["user_id", "poi_id", "utc_time"], how="left", suffix="_in")
+        assert (joined["split"] == joined["split_in"]).all()
+    elif val.height:
         assert train["utc_time"].max() <= val["utc_time"].min()
-    if test.height:
+    if given_split is None and test.height:
         assert max(train["utc_time"].max(), val["utc_time"].max() or train["utc_time"].max()) <= test["utc_time"].min()
     assert sorted(train["poi_idx"].unique()) == list(range(data.num_pois))
     assert (ck["poi_idx"] < data.num_pois).all()

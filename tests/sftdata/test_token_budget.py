@@ -58,3 +58,17 @@ def test_budget_keeps_most_recent_and_is_maximal(small_prepared: g.PreparedData,
 def test_budget_needs_a_tokenizer(small_prepared: g.PreparedData) -> None:
     with pytest.raises(g.SftDataError, match="max_length needs a tokenizer"):
         g.build_next_poi(small_prepared, config=g.NextPoiConfig(max_length=100))
+
+
+def test_cli_budget_with_a_saved_tokenizer(small_prepared: g.PreparedData, tokenizer, tmp_path) -> None:
+    from genrec_sftdata._cli import main
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    assert small_prepared.path is not None
+    out = tmp_path / "sft"
+    assert main(["build", "--task", "next_poi", "--data", str(small_prepared.path), "--out", str(out),
+                 "--max-length", "120", "--tokenizer", str(tmp_path / "tok"), "--splits", "val"]) == 0
+    val = pl.read_parquet(out / "val.parquet")
+    assert (val["n_cut"] > 0).any()
+    kept = val.filter(pl.col("n_checkins") > 0)
+    assert all(_n_tokens(tokenizer, p, c) <= 120 for p, c in zip(kept["prompt"], kept["completion"]))
