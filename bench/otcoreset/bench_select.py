@@ -33,7 +33,7 @@ if SIZE not in ("quick", "full"):
 TARGET = 20.0
 # (train, validation, budget, swaps) per size; quick keeps the shape (budget = val / 5).
 RANDOM_SIZE = {"quick": (2000, 600, 120, 15), "full": (15000, 5000, 1000, 100)}[SIZE]
-REAL_SIZE = {"quick": (2000, 600, 120, 15), "full": (15000, 5000, 1000, 100)}[SIZE]
+REAL_SIZE = {"quick": (1500, 500, 100, 12), "full": (15000, 5000, 1000, 100)}[SIZE]
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # Both sides run single-threaded: on an oversubscribed 2-core box, torch's second intra-op thread turns
 # every small op into a wait (a greedy of 120 picks went from 0.25 s to 15 s); POT's network simplex,
@@ -159,6 +159,10 @@ _MEMORY_SCRIPT = textwrap.dedent(
     x = rng.normal(size=(n, 384)).astype(np.float32)
     y = rng.normal(size=(m, 384)).astype(np.float32)
     g = rng.lognormal(size=n).astype(np.float32)
+    torch_threads = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    if torch_threads:
+        import torch
+        torch.set_num_threads(torch_threads)
     t = time.perf_counter()
     res = select(embeddings=x, grad_norms=g, val_embeddings=y, budget=1000, max_swaps=int(sys.argv[3]), device="cpu")
     print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, res.poo, res.swaps)
@@ -175,7 +179,7 @@ def test_games_scale_memory(benchmark):
 
     def run():
         proc = subprocess.run(
-            [sys.executable, "-c", _MEMORY_SCRIPT, "140000", "5000", "3"], capture_output=True, text=True, check=True
+            [sys.executable, "-c", _MEMORY_SCRIPT, "140000", "5000", "3", str(THREADS)], capture_output=True, text=True, check=True
         )
         out["line"] = proc.stdout.strip().splitlines()[-1]
 
