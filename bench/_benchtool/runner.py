@@ -8,6 +8,7 @@ another's timings, and so that a hung benchmark can be killed with its whole pro
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -174,7 +175,7 @@ def run_package(
     )
     start = time.perf_counter()
     with log_path.open("wb") as log:
-        log.write(("$ " + " ".join(cmd) + "\n").encode())
+        log.write(("$ " + shlex.join(cmd) + "\n").encode())
         log.flush()
         proc = subprocess.Popen(
             cmd,
