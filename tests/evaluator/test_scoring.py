@@ -31,9 +31,10 @@ def test_hf_scorer_is_a_scorer(scorer64: HFScorer) -> None:
     assert isinstance(scorer64, Scorer)
 
 
-@pytest.mark.parametrize("fmt", ["prompt", "messages"])
-def test_ranked_scores_equal_brute_force(scorer64: HFScorer, fmt: str) -> None:
-    scorer = HFScorer(scorer64.model, scorer64.tokenizer, fmt=fmt, batch_size=16)
+@pytest.mark.parametrize(("fmt", "max_nodes"), [("prompt", 1024), ("messages", 1024), ("prompt", 4)])
+def test_ranked_scores_equal_brute_force(scorer64: HFScorer, fmt: str, max_nodes: int) -> None:
+    # max_nodes=4 splits the candidates' trie into many chunks, each reading the same context cache.
+    scorer = HFScorer(scorer64.model, scorer64.tokenizer, fmt=fmt, max_nodes=max_nodes)
     # Ids of 1-3 digits: suffixes of different lengths share batches (padding) and prefixes.
     candidates = [f" {i}." for i in [*range(0, 12), 99, 100, 101, 250, 7, 70, 700]]
     query = Query(prompt=QUERY.prompt, completion_prefix=QUERY.completion_prefix,

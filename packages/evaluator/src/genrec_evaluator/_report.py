@@ -132,7 +132,7 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, plots: bool =
         atomic_write_parquet(out / "predictions" / f"{system}.parquet", frame)
     if "model" in result.predictions:
         atomic_write_parquet(out / "predictions.parquet", result.predictions["model"])
-    atomic_write_json(out / "metrics.json", result.metrics)
+    atomic_write_json(out / "metrics.json", result.metrics, sort_keys=False)  # the model first
     atomic_write_json(out / "run.json", {"task": result.task, "seconds": result.seconds, **result.meta})
     flat = _flat_metrics(result.metrics)
     keys = [k for k in _headline(flat) if k != "n"]
