@@ -215,10 +215,12 @@ def sinkhorn(
             logger.info("backend %s has no point-cloud solver; using the torch one", impl.name)
             solve_points = TorchBackend().solve_points
         scale = 1.0
-    else:
+    elif eps_schedule == "geometric":
         scale = float(cmat.max() - cmat.min())
+    else:
+        scale = 1.0
 
-    stages = _stages(eps, eps_schedule, scale if not points else 1.0)
+    stages = _stages(eps, eps_schedule, scale)
     total = 0
     res: SinkhornResult | None = None
     for e in stages:

@@ -93,34 +93,39 @@ def _scaling_solve(
     lo, hi = math.exp(-tau), math.exp(tau)
 
     def rebuild_cols(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # K_ij = exp((f_i - C_ij)/eps - cmax_j): the exact log-domain g update, max-stabilised per column.
+        # K_ij = exp((f_i - C_ij - cmax_j)/eps): the exact log-domain g update, max-stabilised per
+        # column (every column keeps an entry 1, so K^T u cannot underflow). Five passes over K.
         torch.sub(f.unsqueeze(1), C, out=K)
-        K.mul_(inv)
-        cmax = K.amax(0)
-        K.sub_(cmax)
+        cmax = K.amax(0).mul_(inv)
+        torch.add(cmax.neg().unsqueeze(0), K, alpha=inv, out=K)
         K.exp_()
         return K.sum(0), cmax
 
     def rebuild_rows(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         torch.sub(g.unsqueeze(0), C, out=K)
-        K.mul_(inv)
-        rmax = K.amax(1, keepdim=True)
-        K.sub_(rmax)
+        rmax = K.amax(1, keepdim=True).mul_(inv)
+        torch.add(rmax.neg(), K, alpha=inv, out=K)
         K.exp_()
         return K.sum(1), rmax.squeeze(1)
 
-    def ok(scal: torch.Tensor, prod: torch.Tensor, other: torch.Tensor) -> bool:
-        smin, smax = torch.aminmax(scal)
-        return bool((smin > lo) & (smax < hi) & (prod.amin() > tiny * other.amax()))
+    def span(x: torch.Tensor) -> tuple[float, float]:
+        lo_, hi_ = torch.aminmax(x)
+        return float(lo_), float(hi_)
 
+    # A half-iteration's scaling is accepted when it stays within exp(+-tau) and the products it
+    # came from cannot be dominated by entries of K that underflowed: s_j = b_j / v_j >= bmin / vmax
+    # must exceed tiny * max(u). Range checks use one aminmax per half-iteration (NaN fails them).
+    amin, bmin = float(a.amin()), float(b.amin())
     ones_n = torch.ones(n, dtype=C.dtype, device=C.device)
     ones_m = torch.ones(m, dtype=C.dtype, device=C.device)
     u, v = ones_n, ones_m
+    umax = vmax = 1.0
     if g0 is not None:
         # Warm start from g alone: the first half-iteration is f's exact update from g0.
         rowsum, rmax = rebuild_rows(g0)
         alpha, beta = -eps * rmax, g0.clone()
         u = a / rowsum
+        umax = span(u)[1]
         valid = True
     else:
         alpha = f0.clone() if f0 is not None else torch.zeros(n, dtype=C.dtype, device=C.device)
@@ -133,36 +138,41 @@ def _scaling_solve(
         good = False
         if valid:
             s = torch.mv(K.t(), u)
-            if check and (it > 0 or g0 is not None):
-                err = float((v * s - b).abs().sum())
-                if err < tol:
-                    break
+            # column marginal of the current iterate is v * s: the stopping test is free
+            if check and (it > 0 or g0 is not None) and float(torch.dist(v * s, b, 1)) < tol:
+                break
             v_new = b / s
-            good = ok(v_new, s, u)
+            vmin, vmax = span(v_new)
+            good = vmin > lo and vmax < hi and bmin > tiny * umax * vmax
         if not good:
             fcur = alpha + eps * u.log()
             gcur = beta + eps * v.log()
             colsum, cmax = rebuild_cols(fcur)
-            if valid and check and (it > 0 or g0 is not None):
-                err = float((torch.exp(gcur * inv + cmax) * colsum - b).abs().sum())
-                if err < tol:
-                    # The state before this half-iteration had converged: keep it, with K its plan.
-                    torch.sub(fcur.unsqueeze(1), C, out=K)
-                    K.add_(gcur).mul_(inv).exp_()
-                    alpha, beta, u, v = fcur, gcur, ones_n, ones_m
-                    break
-            alpha, beta, u = fcur, -eps * cmax, ones_n
+            converged = (
+                valid and check and (it > 0 or g0 is not None)
+                and float(torch.dist(torch.exp(gcur * inv + cmax) * colsum, b, 1)) < tol
+            )
+            if converged:
+                # The state before this half-iteration had converged: keep it, with K its plan.
+                torch.sub(fcur.unsqueeze(1), C, out=K)
+                K.add_(gcur).mul_(inv).exp_()
+                alpha, beta, u, v = fcur, gcur, ones_n, ones_m
+                break
+            alpha, beta, u, umax = fcur, -eps * cmax, ones_n, 1.0
             v_new = b / colsum
+            vmax = span(v_new)[1]
             valid = True
         v = v_new
         # --- f half: u = a / K v
         r = torch.mv(K, v)
         u_new = a / r
-        if not ok(u_new, r, v):
+        umin, umax = span(u_new)
+        if not (umin > lo and umax < hi and amin > tiny * vmax * umax):
             gcur = beta + eps * v.log()
             rowsum, rmax = rebuild_rows(gcur)
-            alpha, beta, v = -eps * rmax, gcur, ones_m
+            alpha, beta, v, vmax = -eps * rmax, gcur, ones_m, 1.0
             u_new = a / rowsum
+            umax = span(u_new)[1]
         u = u_new
         n_iter = it + 1
 
