@@ -54,3 +54,20 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys: pytest.CaptureFixture[str
     assert "missing.csv" in capsys.readouterr().err
     with pytest.raises(g.SftDataError):
         main(["--debug", "prepare", "--input", str(bad), "--out", str(tmp_path / "o")])
+
+
+def test_build_with_profiles(small_prepared: g.PreparedData, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    users = small_prepared.train["user_id"].unique().sort().head(3).to_list()
+    profiles = pl.DataFrame({
+        "user_id": users, "traits": [["open"]] * 3, "age": ["30"] * 3, "gender": ["x"] * 3,
+        "education": ["college"] * 3, "socioeco": ["middle"] * 3, "preferences": [["parks"]] * 3,
+        "routines": [["runs"]] * 3, "summary": ["S."] * 3, "status": ["ok"] * 3,
+    })
+    profiles.write_parquet(tmp_path / "profiles.parquet")
+    assert small_prepared.path is not None
+    assert main(["build", "--data", str(small_prepared.path), "--profiles", str(tmp_path / "profiles.parquet"),
+                 "--out", str(tmp_path / "sft")]) == 0
+    train = pl.read_parquet(tmp_path / "sft" / "train.parquet")
+    with_profile = train.filter(pl.col("prompt").str.starts_with("You are user "))
+    assert set(with_profile["user_id"]) == set(users)
+    assert with_profile.height == train.filter(pl.col("user_id").is_in(users)).height

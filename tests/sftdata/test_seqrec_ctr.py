@@ -146,3 +146,12 @@ def test_cli_builds_seqrec_and_ctr(tmp_path, amazon: tuple[pl.DataFrame, pl.Data
     assert main(["build", "--task", "ctr", "--input", str(shared_data / "movielens_ctr" / "valid.json"),
                  "--out", str(tmp_path / "c"), "--write-format", "jsonl"]) == 0
     assert pl.read_ndjson(tmp_path / "c" / "val.jsonl").height == 1000
+
+
+def test_seqrec_sample_per_split(amazon: tuple[pl.DataFrame, pl.DataFrame]) -> None:
+    items, inter = amazon
+    full = g.build_seqrec(items, inter, config=g.SeqRecConfig(num_negatives=3))
+    some = g.build_seqrec(items, inter, config=g.SeqRecConfig(num_negatives=3, max_records_per_split=50))
+    for split in ("train", "val", "test"):
+        assert some[split].height == min(50, full[split].height)
+        assert set(some[split]["record_id"]) <= set(full[split]["record_id"])
