@@ -1,0 +1,78 @@
+"""Fixtures for the trainer tests: a tiny random Llama with a word-level tokenizer, and synthetic SFT sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from genrec_trainer._synthetic import make_tiny_llama, synthetic_city_records, write_records
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread; on a shared, loaded machine two OpenMP threads that
+    spin-wait for each other make a 40 ms step take seconds. Restored at the end."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def city(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("city")
+    return {
+        "train": write_records(synthetic_city_records(64, seed=0), folder / "train.parquet"),
+        "val": write_records(synthetic_city_records(16, seed=1, split="val"), folder / "val.jsonl"),
+    }
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: no torch thread oversubscription, and a bytecode cache.
+
+    The machine sets PYTHONDONTWRITEBYTECODE, so every child would recompile transformers from source
+    (tens of seconds); a cache outside the virtual environment keeps that to the first child.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / "genrec-trainer-pycache")
+    env["OMP_NUM_THREADS"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def run_cli(args: list[str], *, torchrun: int = 0, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    if torchrun:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(torchrun),
+            "--master-port",
+            "0",
+            "-m",
+            "genrec_trainer",
+            *args,
+        ]
+    else:
+        cmd = [sys.executable, "-m", "genrec_trainer", *args]
+    return subprocess.run(
+        cmd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
