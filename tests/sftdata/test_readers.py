@@ -187,3 +187,26 @@ def test_hub_id_that_cannot_be_loaded_is_one_clear_error() -> None:
     assert g.sniff_format("genrec-tests/no-such-dataset") == "hf"
     with pytest.raises(g.SftDataError, match=r"genrec-tests/no-such-dataset: cannot load the Hugging Face dataset"):
         g.read_checkins("genrec-tests/no-such-dataset")
+
+
+def test_llm4poi_raw_ca_names(city: pl.DataFrame, tmp_path) -> None:
+    """LLM4POI's raw Gowalla-CA CSV: UserId, PoiId, PoiCategoryId (a category string), UTCTime."""
+    frame = city.select(
+        pl.col("user_id").cast(pl.Int64).alias("UserId"),
+        pl.col("poi_id").alias("PoiId"),
+        pl.concat_str(
+            pl.lit("[{'url': '/categories/"), pl.col("category_id").rank("dense").cast(pl.String),
+            pl.lit("', 'name': '"), pl.col("category_name"), pl.lit("'}]"),
+        ).alias("PoiCategoryId"),
+        pl.col("latitude").alias("Latitude"),
+        pl.col("longitude").alias("Longitude"),
+        pl.col("utc_time").dt.strftime("%Y-%m-%dT%H:%M:%SZ").alias("UTCTime"),
+    )
+    path = tmp_path / "dataset_gowalla_ca_ne.csv"
+    frame.write_csv(path)
+    assert g.sniff_format(path) == "getnext"
+    want = city.with_columns(
+        local_time=pl.col("utc_time").dt.replace_time_zone(None),
+        category_id=pl.col("category_id").rank("dense").cast(pl.String),
+    )
+    _compare(g.read_checkins(path), want, list(g.RAW_COLUMNS))

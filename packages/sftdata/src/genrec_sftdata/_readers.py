@@ -43,7 +43,7 @@ def sniff_format(path: str | Path) -> str:
         raise SftDataError(f"{p}: a folder but not a Hugging Face dataset (no {' / '.join(_HF_MARKERS)})")
     if p.suffix == ".parquet":
         cols = pl.read_parquet_schema(p)
-        return "getnext" if "POI_id" in cols else "parquet"
+        return "getnext" if ("POI_id" in cols or "PoiId" in cols) else "parquet"
     line = _first_line(p)
     tabs = line.split("\t")
     if len(tabs) == 8 and re.search(r"[A-Z][a-z]{2} [A-Z][a-z]{2} \d\d \d\d:\d\d:\d\d [+-]\d{4} \d{4}$", tabs[7]):
@@ -51,7 +51,7 @@ def sniff_format(path: str | Path) -> str:
     if len(tabs) == 5 and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", tabs[1]):
         return "gowalla"
     header = [h.strip() for h in line.split(",")]
-    if "POI_id" in header:
+    if "POI_id" in header or "PoiId" in header:
         return "getnext"
     if "user_id" in header and "poi_id" in header:
         return "csv"
@@ -148,10 +148,26 @@ def _category_from_string(col: str) -> tuple[pl.Expr, pl.Expr]:
     return name, cid
 
 
+# LLM4POI's raw CSV names (its Gowalla-CA file: UserId, PoiId, PoiCategoryId, ..., UTCTime).
+_LLM4POI_NAMES = {
+    "UserId": "user_id",
+    "PoiId": "POI_id",
+    "PoiCategoryId": "POI_catid",
+    "PoiCategoryName": "POI_catname",
+    "Latitude": "latitude",
+    "Longitude": "longitude",
+    "TimezoneOffset": "timezone",
+    "UTCTime": "UTC_time",
+}
+
+
 def from_getnext(frame: pl.DataFrame, *, source: str = "GETNext CSV") -> pl.DataFrame:
     """GETNext / LLM4POI columns (``user_id, POI_id, POI_catid, POI_catname, latitude, longitude,
     timezone, UTC_time, local_time, trajectory_id, ...``) to the contract; handles the Gowalla-CA
-    variant with category strings and UTC times only."""
+    variant with category strings and UTC times only, also under LLM4POI's raw names (``UserId,
+    PoiId, PoiCategoryId, Latitude, Longitude, UTCTime``)."""
+    rename = {k: v for k, v in _LLM4POI_NAMES.items() if k in frame.columns and v not in frame.columns}
+    frame = frame.rename(rename)
     require_columns(frame, ["user_id", "POI_id", "latitude", "longitude", "UTC_time"], source=source)
     utc_raw = frame["UTC_time"].cast(pl.String).drop_nulls().head(1)
     sample = utc_raw[0] if len(utc_raw) else ""
@@ -314,6 +330,6 @@ def _hf_to_contract(frame: pl.DataFrame, source: str) -> pl.DataFrame:
             f"{source}: this is GenUP's SFT layout (system_prompt, inputs, targets), not check-ins; "
             "read it with genrec_sftdata.read_genup_records"
         )
-    if "POI_id" in frame.columns:
+    if "POI_id" in frame.columns or "PoiId" in frame.columns:
         return from_getnext(frame, source=source)
     return frame
