@@ -201,11 +201,11 @@ def _run_batch(client: LLMClient, requests: list[ProfileRequest], max_retries: i
             tokens[i][1] += completion.tokens_out
             if completion.error is not None:
                 parsed = ParsedProfile(status="failed", error=f"backend error: {completion.error}")
-                final[i] = (parsed, completion, attempt + 1, *tokens[i])
+                final[i] = (parsed, completion, attempt + 1, tokens[i][0], tokens[i][1])
                 continue
             parsed = parse_profile(completion.text)
             if parsed.ok or attempt == max_retries:
-                final[i] = (parsed, completion, attempt + 1, *tokens[i])
+                final[i] = (parsed, completion, attempt + 1, tokens[i][0], tokens[i][1])
             else:
                 logger.debug("user %s: invalid output (%s); retrying with feedback", request.user_id, parsed.error)
                 messages = feedback_messages(request.messages, completion.text, parsed.error or "invalid JSON")

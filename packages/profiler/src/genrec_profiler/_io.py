@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary path beside ``path`` and move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,11 +28,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def atomic_write_parquet(path: str | Path, frame: pl.DataFrame) -> Path:
+def atomic_write_parquet(path: str | os.PathLike[str], frame: pl.DataFrame) -> Path:
     return atomic_write(path, lambda tmp: frame.write_parquet(tmp))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     def _write(tmp: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -55,7 +55,8 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ProfilerError(f"model {path}: the tokenizer has no chat template")
-        self.lm = AutoModelForCausalLM.from_pretrained(str(path)).to(device)
+        self.lm = AutoModelForCausalLM.from_pretrained(str(path))
+        self.lm.to(device)  # type: ignore[arg-type]
         self.lm.eval()
         self.device = device
         self.max_new_tokens = max_new_tokens
@@ -81,7 +82,8 @@ class LocalBackend:
         return [len(ids) for ids in encoded]
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
-        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return str(text)
 
     def generate_texts(self, prompts: Sequence[str]) -> list[tuple[str, int, int, str]]:
         """(text, prompt tokens, new tokens, finish reason) for already rendered prompts, one batch."""
@@ -100,7 +102,7 @@ class LocalBackend:
             torch.manual_seed(self.seed + self._batches)
         self._batches += 1
         with torch.inference_mode():
-            output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen))
+            output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen))  # type: ignore[misc]
         new = output[:, enc["input_ids"].shape[1] :]
         results = []
         for row, mask in zip(new, enc["attention_mask"]):
@@ -111,7 +113,7 @@ class LocalBackend:
                 finish = "stop"
             # tokens_out counts what the model produced, including the end-of-sequence token.
             n_out = len(ids) + (1 if finish == "stop" else 0)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             results.append((text, int(mask.sum()), n_out, finish))
         return results
 

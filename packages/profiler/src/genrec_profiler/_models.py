@@ -63,7 +63,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         # transformers dequantises GGUF tensors on load but keeps the GGUF quantizer attached, and
         # save_pretrained refuses to save a model whose quantizer is "not serializable". The weights
         # are plain float tensors by now, so we detach the quantizer and save them as they are.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

@@ -72,7 +72,7 @@ def similar_users(
     if "status" in keep.columns:
         keep = keep.filter(pl.col("status") != "failed")
     users = keep["user_id"].cast(pl.String).to_list()
-    schema = {"user_id": pl.String, "similar_user_ids": pl.List(pl.String), "similarities": pl.List(pl.Float64)}
+    schema: dict[str, Any] = {"user_id": pl.String, "similar_user_ids": pl.List(pl.String), "similarities": pl.List(pl.Float64)}
     if len(users) < 2:
         result = pl.DataFrame({"user_id": users, "similar_user_ids": [[] for _ in users],
                                "similarities": [[] for _ in users]}, schema=schema)
