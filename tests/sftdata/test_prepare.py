@@ -134,3 +134,16 @@ def test_bad_coordinates_and_missing_columns_name_the_problem() -> None:
 def test_load_prepared_missing_file(tmp_path) -> None:
     with pytest.raises(g.SftDataError, match=r"checkins\.parquet: missing"):
         g.load_prepared(tmp_path)
+
+
+def test_re_preparing_a_prepared_table_recomputes_its_columns(small_prepared: g.PreparedData) -> None:
+    # The count filters are not idempotent (later rules remove rows), so switch them off: then the
+    # splits (kept as given), codes and trajectories come back the same; only the trajectory numbers
+    # may differ, because they are counted again.
+    cfg = g.PrepareConfig(min_poi_checkins=0, min_user_checkins=0)
+    again = g.prepare(small_prepared.checkins, config=cfg)
+    assert again.stats["given_split"] is True
+    cols = [c for c in g.PREPARED_COLUMNS if c != "trajectory_id"]
+    assert again.checkins.select(cols).equals(small_prepared.checkins.select(cols))
+    pairs = pl.DataFrame({"a": small_prepared.checkins["trajectory_id"], "b": again.checkins["trajectory_id"]})
+    assert pairs.unique().height == pairs["a"].n_unique() == pairs["b"].n_unique()

@@ -147,6 +147,8 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
     given_split = given_split and cfg.keep_split
     removed: dict[str, int] = {}
     n_input = df.height
+    # Re-preparing a prepared table: its derived columns are recomputed, not kept.
+    df = df.drop([c for c in ("trajectory_id", "user_idx", "poi_idx", "category_idx") if c in df.columns])
 
     # Integer keys in id order: every sort and group below runs on integers, and sorting by them gives
     # the same order (and tie-breaks) as sorting by the string ids.
