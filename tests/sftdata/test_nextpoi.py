@@ -175,3 +175,19 @@ def test_genup_layout_round_trip(small_prepared: g.PreparedData, tmp_path) -> No
     bad = genup["test"].with_columns(targets=pl.lit("I think POI 3"))
     with pytest.raises(g.SftDataError, match=r"row 0 is not a GenUP next-POI record"):
         g.read_genup_records(bad)
+
+
+def test_row_order_of_the_input_does_not_matter(small_prepared: g.PreparedData) -> None:
+    shuffled = g.PreparedData(
+        checkins=small_prepared.checkins.sample(fraction=1.0, shuffle=True, seed=3),
+        train=small_prepared.train, val=small_prepared.val, test=small_prepared.test,
+        stats=small_prepared.stats,
+    )
+    a = g.build_next_poi(small_prepared)["test"].sort("record_id")
+    b = g.build_next_poi(shuffled)["test"].sort("record_id")
+    assert a.equals(b)
+    with pytest.raises(g.SftDataError, match="missing column 'poi_idx'"):
+        g.build_next_poi(g.PreparedData(
+            checkins=small_prepared.checkins.drop("poi_idx"), train=small_prepared.train,
+            val=small_prepared.val, test=small_prepared.test, stats=small_prepared.stats,
+        ))

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from genrec_sftdata._contract import SPLITS, require_columns
+from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, require_columns
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._prepare import PreparedData, load_prepared
 
@@ -160,7 +160,11 @@ def build_next_poi(
     if cfg.max_length is not None and tokenizer is None:
         raise SftDataError("build_next_poi: field max_length needs a tokenizer (pass tokenizer=...)")
     num_pois = data.num_pois
-    ck = data.checkins.filter(pl.col("split").is_in(list(cfg.splits)))
+    require_columns(data.checkins, list(PREPARED_COLUMNS), source="build_next_poi: checkins")
+    # Trajectory order is time order, whatever order the caller's table is in.
+    ck = data.checkins.filter(pl.col("split").is_in(list(cfg.splits))).sort(
+        "user_id", "utc_time", "poi_id", maintain_order=True
+    )
     ck = ck.with_columns(checkin_sentence_expr())
 
     traj = ck.group_by("split", "trajectory_id", maintain_order=True).agg(
