@@ -35,7 +35,9 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def stage_key(stage: str, settings: Mapping[str, Any], upstream: Mapping[str, str], versions: Mapping[str, str]) -> str:
+def stage_key(
+    stage: str, settings: Mapping[str, Any], upstream: Mapping[str, str], versions: Mapping[str, str]
+) -> str:
     """A short, stable hash of what determines a stage's output."""
     blob = json.dumps(
         {"stage": stage, "settings": settings, "upstream": dict(upstream), "versions": dict(versions)},

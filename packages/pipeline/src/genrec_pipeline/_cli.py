@@ -34,14 +34,27 @@ def _parser() -> argparse.ArgumentParser:
             f"resumes what was interrupted. Stages: {', '.join(STAGES)}."
         ),
     )
-    run.add_argument("config", nargs="?", help="a TOML config file or a shipped config name (default: built-in)")
-    run.add_argument("--stages", type=_stage_list, help="comma-separated stages to run (others must be cached)")
-    run.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run this stage and every later one")
+    run.add_argument(
+        "config", nargs="?", help="a TOML config file or a shipped config name (default: built-in)"
+    )
+    run.add_argument(
+        "--stages", type=_stage_list, help="comma-separated stages to run (others must be cached)"
+    )
+    run.add_argument(
+        "--from", dest="from_stage", choices=STAGES, help="re-run this stage and every later one"
+    )
     run.add_argument("--until", choices=STAGES, help="stop after this stage")
-    run.add_argument("--force", action="append", default=[], choices=STAGES, help="re-run this stage (repeatable)")
+    run.add_argument(
+        "--force", action="append", default=[], choices=STAGES, help="re-run this stage (repeatable)"
+    )
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    run.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
-                     help="override a config value, e.g. --set train.options.max_steps=20 (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override a config value, e.g. --set train.options.max_steps=20 (repeatable)",
+    )
     run.add_argument("--run-dir", help="root folder for runs (overrides [run].root)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
@@ -72,7 +85,9 @@ def _run(args: argparse.Namespace) -> int:
     print(format_plan(items))
     if args.dry_run:
         return 0
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
 
     def announce(item: object) -> None:
         print(f"\n>>> {item.stage}: {item.action} ({item.reason})", flush=True)  # type: ignore[attr-defined]

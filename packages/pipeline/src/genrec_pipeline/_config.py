@@ -107,15 +107,18 @@ def default_config_path() -> Path:
 def shipped_configs() -> dict[str, Path]:
     """The configs shipped with the package, by name."""
     folder = resources.files("genrec_pipeline") / "configs"
-    return {
-        p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")
-    }
+    return {p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}[
-        type(value)
-    ]
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }[type(value)]
 
 
 def _check(table: str, key: str, value: Any, default: Any, where: str) -> Any:
@@ -182,7 +185,9 @@ def load_config(path: str | Path | None = None, *, overrides: Mapping[str, str] 
         if str(path) in shipped:
             file = shipped[str(path)]
         else:
-            raise PipelineError(f"config file does not exist: {path} (shipped configs: {', '.join(sorted(shipped))})")
+            raise PipelineError(
+                f"config file does not exist: {path} (shipped configs: {', '.join(sorted(shipped))})"
+            )
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -204,7 +209,9 @@ def load_config(path: str | Path | None = None, *, overrides: Mapping[str, str] 
 def _choice(config: RunConfig, table: str, key: str, allowed: tuple[str, ...]) -> None:
     value = config[table][key]
     if value not in allowed:
-        raise PipelineError(f"{config.source}: [{table}].{key} must be one of {', '.join(allowed)}; got {value!r}")
+        raise PipelineError(
+            f"{config.source}: [{table}].{key} must be one of {', '.join(allowed)}; got {value!r}"
+        )
 
 
 def validate(config: RunConfig) -> None:
@@ -218,12 +225,16 @@ def validate(config: RunConfig) -> None:
     _choice(config, "evaluate", "mode", ("ranked", "generate", "none"))
     _choice(config, "evaluate", "split", ("val", "test"))
     if config["data"]["source"] == "synthetic" and config["data"]["users"] < 2:
-        raise PipelineError(f"{config.source}: [data].users must be at least 2, got {config['data']['users']}")
+        raise PipelineError(
+            f"{config.source}: [data].users must be at least 2, got {config['data']['users']}"
+        )
     if config["data"]["source"] == "files" and not (config["data"]["inputs"] or config["data"]["train"]):
         raise PipelineError(f"{config.source}: [data].source = 'files' needs [data].inputs or [data].train")
     budget = config["coreset"]["budget"]
     if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
-        raise PipelineError(f"{config.source}: [coreset].budget must be a count or a fraction > 0, got {budget!r}")
+        raise PipelineError(
+            f"{config.source}: [coreset].budget must be a count or a fraction > 0, got {budget!r}"
+        )
     for stage in STAGES:
         try:
             stages.check_options(stage, config)

@@ -52,7 +52,9 @@ def plot_training_curve(log_path: Path, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.plot(steps, losses, label="train loss", color="tab:blue")
     if evals:
-        ax.plot([s for s, _ in evals], [v for _, v in evals], "o-", label="validation loss", color="tab:orange")
+        ax.plot(
+            [s for s, _ in evals], [v for _, v in evals], "o-", label="validation loss", color="tab:orange"
+        )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (completion tokens)")
     ax.set_title("Fine-tuning")
@@ -116,7 +118,11 @@ def write_run_report(
     stage_rows = [["stage", "seconds", "output", "summary"]]
     for stage, art in artifacts.items():
         brief = ", ".join(f"{k}={v}" for k, v in art.summary.items() if not isinstance(v, dict | list))
-        took = "cached" if seconds.get(stage, 0.0) == 0.0 and stage in seconds else f"{seconds.get(stage, 0.0):.1f}"
+        took = (
+            "cached"
+            if seconds.get(stage, 0.0) == 0.0 and stage in seconds
+            else f"{seconds.get(stage, 0.0):.1f}"
+        )
         if stage not in seconds:
             took = "-"
         stage_rows.append([stage, took, str(art.path), brief])
@@ -131,7 +137,9 @@ def write_run_report(
             lines_md += ["## Training", "", f"![training loss]({png.name})", ""]
         if first is not None and final is not None:
             trend = "fell" if final < first else "did not fall"
-            sentence = f"Training loss {trend}: {first:.4f} at the first logged step, {final:.4f} at the last."
+            sentence = (
+                f"Training loss {trend}: {first:.4f} at the first logged step, {final:.4f} at the last."
+            )
             lines_md += [sentence, ""]
             lines_txt += ["", sentence]
 

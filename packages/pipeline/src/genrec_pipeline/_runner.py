@@ -18,7 +18,14 @@ from genrec_pipeline._errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-_PACKAGES = ("genrec-sftdata", "genrec-profiler", "genrec-otcoreset", "genrec-trainer", "genrec-evaluator", "genrec-pipeline")
+_PACKAGES = (
+    "genrec-sftdata",
+    "genrec-profiler",
+    "genrec-otcoreset",
+    "genrec-trainer",
+    "genrec-evaluator",
+    "genrec-pipeline",
+)
 # Keys that change how a stage reports, not what it computes: left out of the cache key.
 _VOLATILE = {"progress", "description", "name", "root"}
 
@@ -161,7 +168,9 @@ def format_plan(items: Sequence[StagePlan]) -> str:
     return "\n".join(lines)
 
 
-def _call_stage(config: RunConfig, stage: str, folder: Path, arts: Mapping[str, st.Artifact], progress: bool) -> st.Artifact:
+def _call_stage(
+    config: RunConfig, stage: str, folder: Path, arts: Mapping[str, st.Artifact], progress: bool
+) -> st.Artifact:
     t = config[stage]
     seed = int(config["run"]["seed"])
     if stage == "data":
@@ -194,7 +203,9 @@ def _call_stage(config: RunConfig, stage: str, folder: Path, arts: Mapping[str, 
             progress=progress,
         )
     if stage == "records":
-        return st.records(arts["data"], folder, profiles=arts.get("profiles"), task=t["task"], options=t["options"])
+        return st.records(
+            arts["data"], folder, profiles=arts.get("profiles"), task=t["task"], options=t["options"]
+        )
     if stage == "coreset":
         return st.coreset(
             arts["records"],

@@ -115,7 +115,15 @@ class EvaluationArtifact(Artifact):
 
 _KINDS: dict[str, type[Artifact]] = {
     cls.__name__: cls
-    for cls in (Artifact, DataArtifact, ProfilesArtifact, RecordsArtifact, CoresetArtifact, ModelArtifact, EvaluationArtifact)
+    for cls in (
+        Artifact,
+        DataArtifact,
+        ProfilesArtifact,
+        RecordsArtifact,
+        CoresetArtifact,
+        ModelArtifact,
+        EvaluationArtifact,
+    )
 }
 
 
@@ -198,7 +206,9 @@ def data(
         "users": int(prepared.checkins["user_id"].n_unique()),
         "pois": prepared.num_pois,
         "checkins": prepared.checkins.height,
-        "splits": {k: v.get("checkins") for k, v in split_stats.items()} if isinstance(split_stats, dict) else {},
+        "splits": {k: v.get("checkins") for k, v in split_stats.items()}
+        if isinstance(split_stats, dict)
+        else {},
     }
     schema = {name: CHECKIN_COLUMNS for name in ("checkins", "train", "val", "test")}
     return _finish(DataArtifact(stage="data", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
@@ -234,12 +244,20 @@ def profile(
 
         client = LocalBackend(model=model, max_new_tokens=max_new_tokens, seed=seed)
     elif backend == "openai":
-        client = OpenAIBackend(base_url=base_url or None, model=model, api_key_env=api_key_env, max_tokens=max_new_tokens, seed=seed)
+        client = OpenAIBackend(
+            base_url=base_url or None,
+            model=model,
+            api_key_env=api_key_env,
+            max_tokens=max_new_tokens,
+            seed=seed,
+        )
     elif backend == "template":
         client = TemplateBackend()
     else:
         raise PipelineError(f"profiles: unknown backend {backend!r}; use local, openai or template")
-    config = ProfilerConfig(**{"batch_size": batch_size, "users": users or None, "progress": progress, **dict(options or {})})
+    config = ProfilerConfig(
+        **{"batch_size": batch_size, "users": users or None, "progress": progress, **dict(options or {})}
+    )
     result = generate_profiles(_data_dir(data), config=config, client=client, out=folder / "profiles.parquet")
     summary = {
         "users": result.n_users,
@@ -278,13 +296,17 @@ def records(
     from genrec_sftdata import NextPoiConfig, build_next_poi, load_prepared, write_records
 
     if task != "next_poi":
-        raise PipelineError(f"records: task {task!r} is built from its own inputs; the pipeline builds next_poi")
+        raise PipelineError(
+            f"records: task {task!r} is built from its own inputs; the pipeline builds next_poi"
+        )
     folder = _folder(out)
     profile_frame = None
     if profiles is not None:
         path = profiles["profiles"] if isinstance(profiles, Artifact) else Path(profiles)
         profile_frame = pl.read_parquet(path)
-    built = build_next_poi(load_prepared(_data_dir(data)), profile_frame, config=NextPoiConfig(**dict(options or {})))
+    built = build_next_poi(
+        load_prepared(_data_dir(data)), profile_frame, config=NextPoiConfig(**dict(options or {}))
+    )
     files: dict[str, Path] = {}
     for split, frame in built.items():
         path = folder / f"{split}.parquet"
@@ -336,14 +358,18 @@ def check_options(stage: str, config: RunConfig) -> None:
 # ---------------------------------------------------------------------------------------------- train
 
 
-def _train_config(table: Mapping[str, Any], *, train: str, output: str, validate_only: bool = False, **extra: Any) -> Any:
+def _train_config(
+    table: Mapping[str, Any], *, train: str, output: str, validate_only: bool = False, **extra: Any
+) -> Any:
     from genrec_trainer import load_config, recipe_path
 
     recipe = table.get("recipe") or None
     options = dict(table.get("options", {}))
     for key in ("train", "output"):
         if key in options:
-            raise PipelineError(f"[train].options.{key} is set by the pipeline (the records and the stage folder)")
+            raise PipelineError(
+                f"[train].options.{key} is set by the pipeline (the records and the stage folder)"
+            )
     path = recipe_path(recipe) if recipe else None
     return load_config(path, **{**options, **extra, "train": train, "output": output})
 
@@ -420,6 +446,7 @@ def coreset(
     gradient norm of ``model``, and select ``budget`` of them (a count, or a fraction below 1) with
     ``method`` (ITRA by default). Writes the selection table, its JSON log, and the selected records."""
     import polars as pl
+
     from genrec_otcoreset import compute_features, load_features, save_features, select
 
     folder = _folder(out)
@@ -429,13 +456,17 @@ def coreset(
     train_records = pl.read_parquet(train_path)
     val_records = pl.read_parquet(val_path)
     if train_records.height == 0 or val_records.height == 0:
-        raise PipelineError(f"coreset: needs training and validation records; got {train_records.height} and {val_records.height}")
+        raise PipelineError(
+            f"coreset: needs training and validation records; got {train_records.height} and {val_records.height}"
+        )
     max_val = int(opts.pop("max_val", 0) or 0)
     if max_val and val_records.height > max_val:
         val_records = val_records.sample(n=max_val, seed=seed)
     n_select = int(budget) if budget >= 1 else max(1, round(budget * train_records.height))
     if n_select > train_records.height:
-        raise PipelineError(f"[coreset].budget {budget} asks for {n_select} records, but there are {train_records.height}")
+        raise PipelineError(
+            f"[coreset].budget {budget} asks for {n_select} records, but there are {train_records.height}"
+        )
     feature_args = {"model": model, "encoder": None if encoder == "default" else encoder, "batch_size": batch_size,
                     "seed": seed, "progress": progress}  # fmt: skip
     if "max_length" in opts:
@@ -493,13 +524,82 @@ def coreset(
                "poo": round(result.poo, 5), "swaps": result.swaps}  # fmt: skip
     if len(result.trace) > 1:
         summary["poo_greedy"] = round(result.trace[0], 5)
-    files = {"selection": folder / "selection.parquet", "log": folder / "selection.json", "train": folder / "train.parquet"}
+    files = {
+        "selection": folder / "selection.parquet",
+        "log": folder / "selection.json",
+        "train": folder / "train.parquet",
+    }
     schema = {"selection": SELECTION_COLUMNS, "train": RECORD_COLUMNS}
     return _finish(CoresetArtifact(stage="coreset", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
 
 
+# ------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    records: RecordsArtifact | str | Path,
+    data: DataArtifact | str | Path,
+    out: str | Path,
+    *,
+    model: ModelArtifact | str | Path | None = None,
+    adapter: str | Path | None = None,
+    split: str = "test",
+    mode: str = "ranked",
+    max_records: int = 0,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> EvaluationArtifact:
+    """Next-POI evaluation of the fine-tuned model (``model``: the train stage's artifact, or a base
+    model path with an optional ``adapter``) beside the popularity, user-frequency and Markov
+    baselines, with GenUP's user-activity and trajectory-length analyses; ``mode="none"`` runs the
+    baselines alone."""
+    import polars as pl
+
+    from genrec_evaluator import NextPoiConfig, evaluate_next_poi, run_baselines, write_report
+
+    folder = _folder(out)
+    path = records[split] if isinstance(records, Artifact) else Path(records) / f"{split}.parquet"
+    frame = pl.read_parquet(path)
+    if frame.height == 0:
+        raise PipelineError(f"evaluate: {path} holds no records")
+    if max_records and frame.height > max_records:
+        # A fixed, seeded subset keeps runs comparable while bounding the cost of model scoring.
+        frame = frame.sample(n=max_records, seed=0).sort("record_id")
+    checkins = pl.read_parquet(
+        data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet"
+    )
+    opts = dict(options or {})
+    if mode == "none":
+        result = run_baselines(frame, checkins)
+    else:
+        if isinstance(model, ModelArtifact):
+            base = str(model.summary["base_model"])
+            adapter = model.files.get("adapter")
+        elif model is None:
+            raise PipelineError("evaluate: mode needs a model (the train stage's output or a model path)")
+        else:
+            base = str(model)
+        config = NextPoiConfig(mode=mode, progress=progress, **opts)  # type: ignore[arg-type]
+        result = evaluate_next_poi(frame, model=base, adapter=adapter, train=checkins, config=config)
+    write_report(result, folder)
+    files = {"metrics": folder / "metrics.json", "report": folder / "report.md", "run": folder / "run.json"}
+    if (folder / "predictions.parquet").is_file():
+        files["predictions"] = folder / "predictions.parquet"
+    for png in sorted((folder / "plots").glob("*.png")):
+        files[f"plot_{png.stem}"] = png
+    headline = {sys: round(float(m.get("acc@1", 0.0)), 4) for sys, m in result.metrics.items()}
+    summary = {"records": frame.height, "split": split, "mode": mode, "acc@1": headline}
+    schema = {"predictions": PREDICTION_COLUMNS}
+    return _finish(
+        EvaluationArtifact(stage="evaluate", path=folder, files=files, schema=schema, summary=summary)
+    )  # type: ignore[return-value]
+
+
 _CORESET_OPTIONS: set[str] = {"screen", "confirm", "use_sinkhorn", "device", "max_val", "max_length"}
-_EVALUATE_OPTIONS: set[str] = {"candidates", "batch_size", "max_new_tokens", "temperature", "top_k", "top_p", "device"}
+_EVALUATE_OPTIONS: set[str] = {
+    "candidates", "top_n", "save_top", "format", "batch_size", "temperature", "top_k", "top_p", "typical_p",
+    "repetition_penalty", "max_new_tokens", "baselines", "device", "dtype", "threads", "seed",
+}  # fmt: skip
 
 
 def _elapsed(start: float) -> float:
