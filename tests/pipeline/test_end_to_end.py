@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from genrec_pipeline import load_config, plan, run  # noqa: E402
+from genrec_pipeline import load_config, plan, run
 
 CONFIG = """
 [run]
