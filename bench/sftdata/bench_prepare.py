@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -50,8 +49,9 @@ def test_prepare_tky(benchmark: pytest.FixtureRequest) -> None:
         baseline_times.append(time.perf_counter() - t0)
     ours = benchmark.pedantic(g.prepare, args=(raw,), rounds=3, iterations=1, warmup_rounds=1)
     _same_tables(ours, ref)
-    ours_s = benchmark.stats.stats.median
-    baseline_s = statistics.median(baseline_times)
+    # Best of each: on a shared machine the minimum is the least disturbed by other jobs.
+    ours_s = benchmark.stats.stats.min
+    baseline_s = min(baseline_times)
     benchmark.extra_info.update(
         ratio=baseline_s / ours_s,
         baseline=BASELINE,
