@@ -99,6 +99,21 @@ def test_local_run_fits_the_context_and_records_failures(tiny_model: Path, city:
     assert stats.status["failed"] == 3 and stats.tokens_in == table["tokens_in"].sum()
 
 
+def test_local_on_the_real_nyc_slice(tiny_model: Path, nyc: Any, tmp_path: Path) -> None:
+    from genrec_profiler import LocalBackend
+
+    backend = LocalBackend(tiny_model, max_new_tokens=8, context_length=900)
+    result = generate_profiles(nyc, client=backend, out=tmp_path / "nyc.parquet",
+                               config=ProfilerConfig(users=2, batch_size=2, max_retries=0))
+    table = pl.read_parquet(result.path)
+    counts = dict(nyc.train.group_by("user_id").len().iter_rows())
+    assert table.height == 2 and (table["attempts"] == 1).all()
+    for row in table.iter_rows(named=True):
+        assert row["n_checkins"] == counts[row["user_id"]]
+        assert row["n_checkins_used"] + row["n_checkins_cut"] == row["n_checkins"]
+        assert row["tokens_in"] <= 900 - 8
+
+
 def test_model_argument_errors(tmp_path: Path) -> None:
     with pytest.raises(ProfilerError, match=r"not a folder, a \.gguf file or one of the aliases"):
         resolve_model(tmp_path / "nothing-here")

@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default=None, help="local: HF folder, .gguf file or 'smollm2' (default); openai: model name")
     gen.add_argument("--base-url", default=None, help="openai: server URL (default $OPENAI_BASE_URL or the OpenAI API)")
     gen.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable with the API key")
-    gen.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight (default: 8)")
+    gen.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight; raises --batch-size to match (default: 8)")
     gen.add_argument("--timeout", type=float, default=60.0, help="openai: request timeout in seconds (default: 60)")
     gen.add_argument("--http-retries", type=int, default=4, help="openai: retries on 429/5xx/timeouts (default: 4)")
     gen.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default: 512)")
@@ -91,6 +91,9 @@ def _generate(args: argparse.Namespace) -> int:
     options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProfilerConfig) if f.name != "progress"}
     if options["user_ids"] is not None:
         options["user_ids"] = tuple(options["user_ids"])
+    if args.backend == "openai" and options["batch_size"] < args.concurrency:
+        # A batch is what the backend runs at once: smaller than the concurrency would leave slots idle.
+        options["batch_size"] = args.concurrency
     config = ProfilerConfig(**options, progress=not args.no_progress)
     result = generate_profiles(args.data, config=config, client=_client(args), out=args.out)
     print(
