@@ -44,7 +44,7 @@ def test_ranking_metrics_names() -> None:
     assert s["ndcg@1"] == pytest.approx(1 / 3)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.integers(2, 30), st.integers(1, 12), st.integers(0, 10_000))
 def test_ndcg_matches_sklearn(n_items: int, k: int, seed: int) -> None:
     from sklearn.metrics import ndcg_score
@@ -59,7 +59,7 @@ def test_ndcg_matches_sklearn(n_items: int, k: int, seed: int) -> None:
     assert ndcg_at_k(ranked, targets.tolist(), k) == pytest.approx(ndcg_score(y_true, scores, k=k))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.integers(2, 60), st.integers(0, 10_000), st.booleans())
 def test_auc_matches_sklearn(n: int, seed: int, ties: bool) -> None:
     from sklearn.metrics import roc_auc_score

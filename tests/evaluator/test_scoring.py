@@ -24,7 +24,7 @@ QUERY = Query(
 @pytest.fixture(scope="module")
 def scorer64(tiny_llama: Path) -> HFScorer:
     model, tokenizer = load_model(tiny_llama, dtype="float64")
-    return HFScorer(model, tokenizer, fmt="prompt", batch_size=16)
+    return HFScorer(model, tokenizer, fmt="prompt", max_nodes=64)
 
 
 def test_hf_scorer_is_a_scorer(scorer64: HFScorer) -> None:

@@ -69,10 +69,9 @@ class SentenceEmbedder:
 class HiddenStateEmbedder:
     """The causal LM's last-layer hidden state at the last token (BIGRec's grounding)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 32) -> None:
+    def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import torch

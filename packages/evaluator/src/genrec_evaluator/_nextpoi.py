@@ -50,7 +50,9 @@ class NextPoiConfig:
     format: Literal["auto", "prompt", "messages"] = field(
         default="auto", metadata={"help": "how prompts are rendered (as genrec-trainer trained them)"}
     )
-    batch_size: int = field(default=128, metadata={"help": "candidates per forward pass"})
+    batch_size: int = field(
+        default=1024, metadata={"help": "ranked: candidate-trie tokens per forward pass (bounds memory)"}
+    )
     temperature: float = field(default=0.6, metadata={"help": "generate: sampling temperature (0 = greedy)"})
     top_k: int = field(default=50, metadata={"help": "generate: top-k"})
     top_p: float = field(default=0.9, metadata={"help": "generate: top-p"})
@@ -206,7 +208,7 @@ def evaluate_next_poi(
             temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, typical_p=config.typical_p,
             repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
         )
-        scorer = HFScorer(hf_model, tokenizer, fmt=config.format, batch_size=config.batch_size, generation=params)
+        scorer = HFScorer(hf_model, tokenizer, fmt=config.format, max_nodes=config.batch_size, generation=params)
         model_name = str(model)
 
     candidate_lists = None

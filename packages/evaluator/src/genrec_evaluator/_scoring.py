@@ -63,7 +63,6 @@ class HFScorer:
         tokenizer: Any,
         *,
         fmt: str = "auto",
-        batch_size: int = 128,
         max_nodes: int = 1024,
         generation: GenerationParams | None = None,
     ) -> None:
@@ -72,7 +71,8 @@ class HFScorer:
         self.model = model
         self.tokenizer = tokenizer
         self.fmt = fmt
-        self.batch_size = batch_size  # kept for API stability; trie chunks are bounded by max_nodes
+        if max_nodes < 1:
+            raise EvaluatorError(f"max_nodes must be >= 1, got {max_nodes}")
         self.max_nodes = max_nodes
         self.generation = generation or GenerationParams()
 
