@@ -210,3 +210,19 @@ def test_llm4poi_raw_ca_names(city: pl.DataFrame, tmp_path) -> None:
         category_id=pl.col("category_id").rank("dense").cast(pl.String),
     )
     _compare(g.read_checkins(path), want, list(g.RAW_COLUMNS))
+
+
+def test_contract_csv_with_an_unparsable_time_names_the_row(tmp_path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text(
+        "user_id,poi_id,category_id,category_name,latitude,longitude,utc_time\n"
+        "1,a,c,C,40.0,-73.0,2012-01-01T00:00:00Z\n"
+        "1,b,c,C,40.0,-73.0,yesterday\n"
+    )
+    with pytest.raises(g.SftDataError, match=r"c\.csv: column 'utc_time' has an unparsable time at row 1: 'yesterday'"):
+        g.read_checkins(path)
+    path.write_text(
+        "user_id,poi_id,category_id,category_name,latitude,longitude,utc_time\n"
+        "1,a,c,C,40.0,-73.0,2012-01-01 05:00:00+05:00\n"
+    )
+    assert f"{g.read_checkins(path)['utc_time'][0]:%Y-%m-%d %H:%M}" == "2012-01-01 00:00"

@@ -36,6 +36,34 @@ def _example(df: pl.DataFrame, mask: pl.Expr) -> tuple[int, dict[str, Any]]:
     return int(row.pop("__row")), row
 
 
+def _parse_string_time(df: pl.DataFrame, col: str, *, source: str) -> pl.Series:
+    """Times stored as text (a CSV the reader could not type): ISO 8601, with or without an offset.
+    An unparsable value raises naming its row."""
+    raw = df[col].str.strip_chars()
+    parsed = None
+    for fmt in ("%Y-%m-%dT%H:%M:%S%.fZ", "%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S%.f"):
+        try:
+            attempt = raw.str.to_datetime(fmt, strict=False, time_unit="us")
+        except pl.exceptions.PolarsError:
+            continue
+        if parsed is None or attempt.null_count() < parsed.null_count():
+            parsed = attempt
+    bad = raw.is_not_null() & (parsed.is_null() if parsed is not None else pl.Series([True] * len(raw)))
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise SftDataError(
+            f"{source}: column {col!r} has an unparsable time at row {row}: {raw[row]!r} "
+            f"(expected ISO 8601 like '2012-04-03 18:00:09'); example row: {df.row(row, named=True)}"
+        )
+    assert parsed is not None
+    if isinstance(parsed.dtype, pl.Datetime) and parsed.dtype.time_zone is not None:
+        parsed = parsed.dt.convert_time_zone("UTC")
+        if col == "local_time":
+            parsed = parsed.dt.replace_time_zone(None)
+    return parsed.alias(col)
+
+
 def require_columns(df: pl.DataFrame | pl.LazyFrame, columns: list[str], *, source: str) -> None:
     """Raise naming the missing column, the closest present one, and the columns found."""
     have = df.collect_schema().names() if isinstance(df, pl.LazyFrame) else df.columns
@@ -49,6 +77,9 @@ def require_columns(df: pl.DataFrame | pl.LazyFrame, columns: list[str], *, sour
 def normalize_checkins(df: pl.DataFrame, *, source: str) -> pl.DataFrame:
     """Cast a frame to the raw contract, derive a missing local/UTC time from ``timezone`` minutes,
     and reject unusable rows with an error that names the file, column, row and value."""
+    for col in ("utc_time", "local_time"):
+        if col in df.columns and df.schema[col] == pl.String:
+            df = df.with_columns(_parse_string_time(df, col, source=source))
     cols = df.columns
     if "utc_time" not in cols and "local_time" in cols and "timezone" in cols:
         df = df.with_columns(
