@@ -7,6 +7,9 @@ nothing heavy: torch only when naming a GPU needs it, and then only once at the 
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,14 @@ if _HERE not in sys.path:
     sys.path.append(_HERE)  # appended: bench/<package> folders must not shadow installed modules
 
 from _benchtool.provenance import annotate, provenance  # noqa: E402
+
+# bench/run.py sends SIGUSR1 to a package that runs out of time: dump every thread's stack to the
+# file it names, so a hung benchmark says where it hangs. The file's existence tells run.py that the
+# handler is in place (before that, SIGUSR1 would simply kill pytest).
+_STACKS = os.environ.get("GENREC_BENCH_STACKS")
+if _STACKS and hasattr(signal, "SIGUSR1"):
+    _stacks_file = open(_STACKS, "w")  # noqa: SIM115 -- stays open for the whole session
+    faulthandler.register(signal.SIGUSR1, file=_stacks_file, all_threads=True)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -25,6 +25,10 @@ BENCH_FILES = "bench_*.py"
 # pytest exit codes (pytest.ExitCode): 5 means nothing was collected, which for a package whose
 # benchmarks are not written yet (or all deselected) is not a failure.
 NO_TESTS_COLLECTED = 5
+# Where bench/conftest.py lets faulthandler write the stacks of all threads on SIGUSR1, which we
+# send to a package that ran out of time, before killing it.
+STACKS_ENV = "GENREC_BENCH_STACKS"
+STACKS_HEADER = "=== stacks of the timed-out pytest process (faulthandler) ==="
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,13 +132,27 @@ def pytest_command(
         f"--junitxml={junit_path}",
         "-o",
         "junit_family=xunit1",  # xunit1 records each test's file, from which we rebuild node ids
-        "-q",
+        "-v",  # names each benchmark as it starts: the log shows which one hung
         *extra_args,
     ]
 
 
+def _dump_stacks(proc: subprocess.Popen[bytes], stacks_path: Path) -> None:
+    """Ask pytest for its threads' stacks (bench/conftest.py registers faulthandler on SIGUSR1 and
+    creates ``stacks_path`` once it has). Without the file the signal would just kill it."""
+    if not hasattr(signal, "SIGUSR1") or not stacks_path.exists():
+        return
+    try:
+        os.kill(proc.pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return
+    time.sleep(1.0)
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+    # SIGINT first: pytest turns it into KeyboardInterrupt, prints where the hung benchmark was and
+    # still writes its JUnit XML and benchmark JSON for what finished. Then harder.
+    for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -162,7 +180,8 @@ def run_package(
     json_path = run_dir / f"{package}.json"
     junit_path = run_dir / f"{package}.junit.xml"
     log_path = run_dir / f"{package}.log"
-    for stale in (json_path, junit_path):
+    stacks_path = run_dir / f"{package}.stacks.txt"
+    for stale in (json_path, junit_path, stacks_path):
         stale.unlink(missing_ok=True)
     cmd = pytest_command(
         bench_root / package,
@@ -180,7 +199,7 @@ def run_package(
         proc = subprocess.Popen(
             cmd,
             cwd=bench_root.parent,
-            env=dict(env),
+            env={**env, STACKS_ENV: str(stacks_path)},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -189,6 +208,7 @@ def run_package(
         try:
             returncode: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            _dump_stacks(proc, stacks_path)
             _kill_group(proc)
             returncode = None
         except BaseException:  # Ctrl-C: its own session does not get our SIGINT, so end it here
@@ -203,7 +223,13 @@ def run_package(
     failures = dict(outcomes.failed)
     if returncode is None:
         status = "timeout"
-        failures[package] = f"timed out after {timeout:g} s (killed); see {log_path}"
+        running = _last_started(log_path)
+        where = f" while running {running}" if running else ""
+        failures[package] = f"timed out after {timeout:g} s{where} (killed); see {log_path}"
+        stacks = stacks_path.read_text(errors="replace") if stacks_path.exists() else ""
+        if stacks.strip():
+            with log_path.open("a") as log_file:  # the stacks end the log, where log_tail looks
+                log_file.write(f"\n{STACKS_HEADER}\n{stacks}")
     elif returncode == 0:
         status = "ok"
     elif returncode == NO_TESTS_COLLECTED:
@@ -228,11 +254,31 @@ def run_package(
     )
 
 
+def _last_started(log_path: Path) -> str | None:
+    """The node id of the last benchmark pytest -v announced in ``log_path`` without a result."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        head = line.split(" ", 1)[0]
+        if "::" in head and not line.rstrip().endswith("]"):  # "node PASSED [ 50%]" has a result
+            return head
+        if "::" in head:
+            return None
+    return None
+
+
 def log_tail(path: Path | None, lines: int = 40) -> str:
+    """The last ``lines`` of a package's log; after a timeout, the stacks of the hung process (where
+    it hung) rather than what pytest printed while being killed."""
     if path is None:
         return ""
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+    if STACKS_HEADER in text:
+        start = text.index(STACKS_HEADER)
+        return "\n".join(text[start : start + lines])
+    return "\n".join(text[-lines:])

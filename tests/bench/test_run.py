@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from _benchtool.cli import main
-from _benchtool.runner import junit_outcomes, run_package
+from _benchtool.runner import STACKS_HEADER, junit_outcomes, log_tail, run_package
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = REPO_ROOT / "bench"
@@ -132,12 +132,16 @@ def test_a_hung_package_is_killed_at_its_timeout(tmp_path: Path) -> None:
         config=REPO_ROOT / "pyproject.toml",
         env=dict(os.environ),
         markexpr="",
-        timeout=3.0,
+        timeout=8.0,
     )
     assert time.perf_counter() - start < 60
     assert result.status == "timeout"
     assert result.failed
-    assert "timed out after 3 s" in result.failures["hang"]
+    assert "timed out after 8 s while running bench/hang/bench_hang.py::test_hangs" in result.failures["hang"]
+    # the stacks of the hung process, from bench/conftest.py's SIGUSR1 handler, end the log
+    tail = log_tail(result.log)
+    assert tail.startswith(STACKS_HEADER)
+    assert "bench_hang.py" in tail
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
