@@ -118,19 +118,11 @@ def test_help_lists_commands(capsys):
     assert "--lambda" in capsys.readouterr().out
 
 
-def test_features_command_end_to_end(tmp_path, capsys):
-    pytest.importorskip("transformers")
-    pytest.importorskip("sentence_transformers")
-    from tests.otcoreset.test_features import _model_folder, _records
-
-    model = _model_folder(tmp_path)
-    records = _records(tmp_path / "r.parquet")
-    rc = main(["--no-progress", "features", "--records", str(records), "--model", str(model), "--out",
-               str(tmp_path / "f"), "--device", "cpu", "--batch-size", "2"])
-    assert rc == 0
-    assert "features of 5 records (dim 384)" in capsys.readouterr().out
-    table = pl.read_parquet(tmp_path / "f" / "features.parquet")
-    assert table["record_id"].to_list() == [f"r{i}" for i in range(5)]
-    assert table["label"].to_list() == [1, 0, 1, 0, 1]
+def test_features_bad_records_exit_2(tmp_path, capsys):
+    # Fails on the records, before any model is loaded (the success path is in test_features.py).
     rc = main(["features", "--records", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "g")])
     assert rc == 2
+    assert "records file does not exist" in capsys.readouterr().err
+    pl.DataFrame({"record_id": ["a", "a"], "prompt": ["p", "q"], "completion": ["c", "d"]}).write_parquet(tmp_path / "d.parquet")
+    assert main(["features", "--records", str(tmp_path / "d.parquet"), "--out", str(tmp_path / "g")]) == 2
+    assert "duplicate record_id 'a'" in capsys.readouterr().err

@@ -114,10 +114,19 @@ def _records(path: Path, with_label: bool = True) -> Path:
     return path
 
 
-def test_compute_features_end_to_end_and_round_trip(tmp_path):
+def test_features_command_end_to_end_and_round_trip(tmp_path, capsys):
+    """``genrec-otcoreset features`` (compute_features + save_features) on a saved tiny model."""
     pytest.importorskip("sentence_transformers")
+    from genrec_otcoreset._cli import main
+
     folder = _model_folder(tmp_path)
-    feats = compute_features(_records(tmp_path / "r.parquet"), model=folder, batch_size=2, device="cpu")
+    rc = main(["--no-progress", "features", "--records", str(_records(tmp_path / "r.parquet")), "--model",
+               str(folder), "--out", str(tmp_path / "feats"), "--device", "cpu", "--batch-size", "2"])
+    assert rc == 0
+    assert "features of 5 records (dim 384)" in capsys.readouterr().out
+    out = tmp_path / "feats"
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "features.parquet", "meta.json"]
+    feats = load_features(out)
     assert isinstance(feats, FeatureSet)
     assert feats.record_ids == tuple(f"r{i}" for i in range(5))
     assert feats.embeddings.shape == (5, 384) and feats.embeddings.dtype == np.float32
@@ -125,12 +134,11 @@ def test_compute_features_end_to_end_and_round_trip(tmp_path):
     ref = lora_b_grad_norms(_tiny_llama(), _tokenizer(), PROMPTS, COMPLETIONS)
     np.testing.assert_allclose(feats.grad_norms, ref, rtol=1e-5)
     assert feats.labels.tolist() == [1, 0, 1, 0, 1]
-    out = save_features(feats, tmp_path / "feats")
-    back = load_features(out)
+    again = save_features(feats, tmp_path / "again")
+    back = load_features(again)
     assert back.record_ids == feats.record_ids
     np.testing.assert_array_equal(back.embeddings, feats.embeddings)
     np.testing.assert_array_equal(back.grad_norms, feats.grad_norms)
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "features.parquet", "meta.json"]
 
 
 def test_bad_records_and_models_are_clear_errors(tmp_path):

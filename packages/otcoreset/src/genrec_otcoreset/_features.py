@@ -310,6 +310,11 @@ def compute_features(
     folder or name (default: the offline all-MiniLM-L6-v2). The embedded text is prompt + completion;
     the loss is the mean over completion tokens. A ``label`` column, when present, is carried along.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OtCoresetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if max_length < 2:
+        raise OtCoresetError(f"max_length must be >= 2, got {max_length!r}")
+    df = _records_frame(records)  # bad input fails before the heavy imports
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
@@ -317,11 +322,6 @@ def compute_features(
 
     from genrec_otcoreset._cost import resolve_device
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OtCoresetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if max_length < 2:
-        raise OtCoresetError(f"max_length must be >= 2, got {max_length!r}")
-    df = _records_frame(records)
     dev = resolve_device(device)
     prompts = df["prompt"].to_list()
     completions = df["completion"].to_list()
