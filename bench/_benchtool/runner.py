@@ -150,8 +150,8 @@ def _dump_stacks(proc: subprocess.Popen[bytes], stacks_path: Path) -> None:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # SIGINT first: pytest turns it into KeyboardInterrupt, prints where the hung benchmark was and
-    # still writes its JUnit XML and benchmark JSON for what finished. Then harder.
+    # SIGINT first: pytest ends the session as on Ctrl-C, and servers or workers a benchmark started
+    # (same process group) get the chance to clean up. Then harder.
     for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
