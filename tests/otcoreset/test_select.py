@@ -274,3 +274,12 @@ def test_nan_features_and_bad_labels_are_clear_errors():
     with pytest.raises(OtCoresetError, match="together"):
         select(embeddings=x, grad_norms=g, val_embeddings=y, budget=5, labels=labels, device="cpu")
     assert issubclass(OtCoresetError, ValueError)
+
+
+def test_budget_one_and_whole_pool_edges():
+    x, g, y = _problem(25, 10, seed=15)
+    ref = _reference_cost(x, g, y, 0.1)
+    one = select(embeddings=x, grad_norms=g, val_embeddings=y, budget=1, device="cpu")
+    assert one.poo == pytest.approx(min(_emd2(ref, [i]) for i in range(25)), rel=1e-5)
+    whole = select(embeddings=x, grad_norms=g, val_embeddings=y, budget=25, device="cpu")
+    assert sorted(whole.indices.tolist()) == list(range(25)) and whole.swaps == 0

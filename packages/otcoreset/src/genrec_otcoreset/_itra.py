@@ -176,7 +176,8 @@ def refine_swaps(
     n_exact, n_screened, swaps = 1, 0, 0
     bar = tqdm(total=max_swaps, desc="swaps", unit="swap", disable=not progress)
     try:
-        while swaps < max_swaps and k < cost.shape[0]:
+        # k == 1: POO of one row is its mean cost and the greedy's first pick minimises it already.
+        while swaps < max_swaps and 1 < k < cost.shape[0]:
             sel_t = torch.as_tensor(sel, device=dev)
             f = torch.as_tensor(sol.f, device=dev)
             g = torch.as_tensor(sol.g, device=dev)
