@@ -39,7 +39,7 @@ __all__ = ["TritonBackend", "interpret_enabled"]
 
 
 def _row_lse(
-    C, rows, g, out_lse, out_mean, k, m, stride_c, stride_g, inv_eps,
+    C, rows, g, out_lse, out_mean, k, m, stride_c, stride_g, inv_ptr,
     HAS_ROWS: tl.constexpr, WITH_COST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -52,13 +52,11 @@ def _row_lse(
         src = r.to(tl.int64)
     row_ptr = C + src * stride_c
     g_ptr = g + pid_b.to(tl.int64) * stride_g
-    run_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_R,), tl.float32)
-    run_cs = tl.zeros((BLOCK_R,), tl.float32)
-    if C.dtype.element_ty == tl.float64:
-        run_max = run_max.to(tl.float64)
-        run_sum = run_sum.to(tl.float64)
-        run_cs = run_cs.to(tl.float64)
+    # 1/eps is loaded from memory in the cost's dtype: a Python float argument would be float32.
+    inv_eps = tl.load(inv_ptr)
+    run_max = tl.full((BLOCK_R,), float("-inf"), C.dtype.element_ty)
+    run_sum = tl.zeros((BLOCK_R,), C.dtype.element_ty)
+    run_cs = tl.zeros((BLOCK_R,), C.dtype.element_ty)
     for j0 in range(0, m, BLOCK_M):
         cols = j0 + tl.arange(0, BLOCK_M)
         cmask = cols < m
@@ -79,7 +77,7 @@ def _row_lse(
 
 
 def _col_lse(
-    C, rows, f, part_max, part_sum, k, m, stride_c, stride_f, inv_eps, rows_per_split, n_split,
+    C, rows, f, part_max, part_sum, k, m, stride_c, stride_f, inv_ptr, rows_per_split, n_split,
     HAS_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -90,11 +88,9 @@ def _col_lse(
     f_ptr = f + pid_b.to(tl.int64) * stride_f
     r_lo = pid_s * rows_per_split
     r_hi = tl.minimum(r_lo + rows_per_split, k)
-    run_max = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((BLOCK_M,), tl.float32)
-    if C.dtype.element_ty == tl.float64:
-        run_max = run_max.to(tl.float64)
-        run_sum = run_sum.to(tl.float64)
+    inv_eps = tl.load(inv_ptr)
+    run_max = tl.full((BLOCK_M,), float("-inf"), C.dtype.element_ty)
+    run_sum = tl.zeros((BLOCK_M,), C.dtype.element_ty)
     for i0 in range(r_lo, r_hi, BLOCK_R):
         r = i0 + tl.arange(0, BLOCK_R)
         rmask = r < r_hi
@@ -139,7 +135,7 @@ class _Launcher:
 
         self.C, self.rows, self.B, self.k = C, rows, B, k
         self.m = C.shape[1]
-        self.inv = 1.0 / eps
+        self.inv = torch.full((1,), 1.0 / eps, dtype=C.dtype, device=C.device)
         interp = interpret_enabled()
         # Interpreter: each tile costs Python overhead, so few large tiles; GPU: tiles that keep the
         # loads coalesced along the contiguous column axis and the registers per thread bounded.
