@@ -101,7 +101,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The weights are dequantised floats by now, but the GGUF quantizer stays attached and makes
         # save_pretrained refuse; detach it and save the floats.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 - transformers types it as a Module attribute
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
@@ -337,7 +337,8 @@ def compute_features(
     del st_model
     folder = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(dev)
+    lm: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    lm = lm.to(dev)
     norms = lora_b_grad_norms(
         lm, tokenizer, prompts, completions, rank=lora_rank, alpha=lora_alpha, seed=seed,
         batch_size=batch_size, max_length=max_length, progress=progress,
