@@ -158,7 +158,9 @@ def _report_md(result: EvaluationResult, keys: Sequence[str], images: Sequence[P
     n = next((m.get("n") for m in result.metrics.values() if "n" in m), None)
     lines.append(f"{n} records; systems: {', '.join(result.metrics)}. ")
     if "model" in result.meta:
-        lines.append(f"Model: `{result.meta['model']}`" + (f", adapter `{result.meta['adapter']}`" if result.meta.get("adapter") else "") + f", mode {result.meta.get('mode')}.")
+        adapter = f", adapter `{result.meta['adapter']}`" if result.meta.get("adapter") else ""
+        mode = f", mode {result.meta['mode']}" if result.meta.get("mode") else ""
+        lines.append(f"Model: `{result.meta['model']}`{adapter}{mode}.")
     lines += ["", "## Overall", ""]
     rows = [[s, *[m.get(k, "") for k in keys]] for s, m in _flat_metrics(result.metrics).items()]
     lines += [_markdown_table(["system", *keys], rows), ""]
