@@ -252,6 +252,11 @@ def test_exact_ot_matches_pot_and_duals_are_feasible():
     assert float((res.f[:, None] + res.g[None, :] - cost).max()) < 1e-9
     assert abs(float(a @ res.f + b @ res.g) - res.cost) < 1e-9
     torch.testing.assert_close(res.plan.sum(1), a)
+    # zero-mass points are fine for the exact solver
+    a0 = a.clone()
+    a0[:5] = 0
+    a0 /= a0.sum()
+    assert abs(exact_ot(cost, a0, b).cost - float(ot.emd2(a0, b, cost))) < 1e-12
     # float32 input and uniform marginals
     res32 = exact_ot(cost.float())
     assert abs(res32.cost - float(ot.emd2(torch.full((40,), 1 / 40), torch.full((55,), 1 / 55), cost.float()))) < 1e-6
@@ -326,6 +331,7 @@ _C = torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_se
         (lambda: sinkhorn_gathered(_C, [[0, 1]], torch.ones(4) / 4, eps=0.1), r"b must have shape \(5,\)"),
         (lambda: sinkhorn_gathered(_C, [[0, 1]], eps=0.1, g0=torch.zeros(3, 5)), "g0 must have shape"),
         (lambda: exact_ot(_C, torch.ones(6), torch.ones(5)), "equal mass"),
+        (lambda: exact_ot(_C, torch.zeros(6), torch.zeros(5)), "positive total mass"),
         (lambda: exact_ot("cost"), "must be a torch.Tensor or a numpy array"),
     ],
 )

@@ -40,7 +40,7 @@ def exact_ot(
     cost: Any, a: Any = None, b: Any = None, *, max_iter: int = 1_000_000, return_plan: bool = False
 ) -> ExactOTResult:
     """Exact OT with POT's ``ot.emd`` (network simplex, float64 on the CPU) for the same inputs as
-    :func:`sinkhorn`: ``a``/``b`` uniform when None, positive with equal sums.
+    :func:`sinkhorn`: ``a``/``b`` uniform when None, non-negative (zeros allowed here) with equal sums.
     """
     import numpy as np
     import ot
@@ -48,8 +48,8 @@ def exact_ot(
 
     cmat = check_cost(cost)
     n, m = cmat.shape
-    av = check_marginal(a, (n,), "a", cmat)
-    bv = check_marginal(b, (m,), "b", cmat)
+    av = check_marginal(a, (n,), "a", cmat, allow_zero=True)
+    bv = check_marginal(b, (m,), "b", cmat, allow_zero=True)
     check_same_mass(av, bv)
     max_iter = check_positive_int(max_iter, "max_iter")
     c64 = np.ascontiguousarray(cmat.detach().cpu().numpy(), dtype=np.float64)

@@ -106,12 +106,12 @@ def check_points(x: Any, y: Any, metric: str) -> tuple[torch.Tensor, torch.Tenso
 
 
 def check_marginal(
-    w: Any, shape: tuple[int, ...], name: str, like: torch.Tensor
+    w: Any, shape: tuple[int, ...], name: str, like: torch.Tensor, *, allow_zero: bool = False
 ) -> torch.Tensor:
     """A marginal of ``shape``: uniform (summing to one per problem) when ``w`` is None.
 
-    Entries must be finite and positive; zero-mass points are rejected (drop them before solving)
-    because their potentials are -inf.
+    Entries must be finite and non-negative with a positive sum; zero entries only with
+    ``allow_zero`` (Sinkhorn rejects them: their log-domain potentials are -inf; drop those points).
     """
     import torch
 
@@ -125,8 +125,10 @@ def check_marginal(
     if bool(neg.any()):
         i = tuple(int(j) for j in torch.nonzero(neg)[0].tolist())
         raise OtCoresetError(f"{name} must be non-negative, got {t[i].item()} at index {i if len(i) > 1 else i[0]}")
+    if float(t.sum()) <= 0:
+        raise OtCoresetError(f"{name} must have a positive total mass, got {float(t.sum())!r}")
     zero = t == 0
-    if bool(zero.any()):
+    if not allow_zero and bool(zero.any()):
         i = tuple(int(j) for j in torch.nonzero(zero)[0].tolist())
         raise OtCoresetError(
             f"{name} has {int(zero.sum())} zero entries (first at index {i if len(i) > 1 else i[0]}); "
