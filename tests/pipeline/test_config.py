@@ -24,11 +24,14 @@ def test_default_config_loads() -> None:
     assert config["coreset"]["method"] == "itra"
 
 
-def test_user_file_is_read_on_top_of_the_default(tmp_path: Path) -> None:
+def test_user_file_states_only_what_differs_from_the_schema_defaults(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, '[run]\nname = "mine"\n[data]\nusers = 12\n'))
     assert config.name == "mine"
     assert config["data"]["users"] == 12
-    assert config["records"]["options"]["max_history"] == 8  # from the default
+    # The demo's small sizes (default.toml) do not leak into other configs.
+    assert config["records"]["options"] == {}
+    assert config["train"]["options"] == {}
+    assert config["coreset"]["budget"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -39,9 +42,10 @@ def test_user_file_is_read_on_top_of_the_default(tmp_path: Path) -> None:
         ('[data]\nusers = "many"\n', "[data].users must be an integer"),
         ('[profiles]\nbackend = "gpt"\n', "[profiles].backend must be one of"),
         ("[coreset]\nbudget = -1\n", "[coreset].budget"),
-        ("[records.options]\nmax_histroy = 3\n", "[records]"),
+        ("[records.options]\nmax_histroy = 3\n", "unknown key [records].options.max_histroy"),
         ("[train.options]\nlearning_rate = 0.1\n", "learning_rate"),
-        ("[evaluate.options]\nbeam = 3\n", "[evaluate].options.beam"),
+        ("[evaluate.options]\nbeam = 3\n", "unknown key [evaluate].options.beam"),
+        ("[coreset.options]\nswapz = 3\n", "[coreset].options.swapz"),
         ('[evaluate]\nsplit = "dev"\n', "[evaluate].split"),
     ],
 )

@@ -10,6 +10,7 @@ hold the pipeline's own keys plus an ``options`` table passed through to the pac
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +48,14 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "users": 0,  # 0 = all
         "options": {},  # genrec_profiler.ProfilerConfig fields
     },
-    "records": {"task": "next_poi", "options": {}},  # genrec_sftdata.NextPoiConfig fields
+    "records": {
+        "task": "next_poi",  # next_poi | seqrec | ctr
+        "items": "",  # seqrec/ctr: item catalogue (item_id, title)
+        "interactions": "",  # seqrec: per-user sequences or (user_id, item_id, timestamp) rows
+        "ratings": "",  # ctr: (user_id, item_id, rating, timestamp) rows
+        "tallrec": [],  # ctr: TALLRec JSON files; each file's name gives its split
+        "options": {},  # genrec_sftdata.NextPoiConfig / SeqRecConfig / CtrConfig fields
+    },
     "coreset": {
         "enabled": True,
         "method": "itra",
@@ -192,9 +200,6 @@ def load_config(path: str | Path | None = None, *, overrides: Mapping[str, str] 
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise PipelineError(f"{file}: not valid TOML: {exc}") from exc
-    if file != default:
-        # A user's file is read on top of the built-in default, so it only states what differs.
-        _merge(tables, tomllib.loads(default.read_text(encoding="utf-8")), str(default))
     _merge(tables, data, str(file))
     if overrides:
         extra: dict[str, Any] = {}
@@ -221,14 +226,22 @@ def validate(config: RunConfig) -> None:
 
     _choice(config, "data", "source", ("synthetic", "files"))
     _choice(config, "profiles", "backend", ("local", "openai", "template"))
-    _choice(config, "records", "task", ("next_poi",))
+    _choice(config, "records", "task", ("next_poi", "seqrec", "ctr"))
+    task = config["records"]["task"]
+    rec = config["records"]
+    if task == "seqrec" and not (rec["items"] and rec["interactions"]):
+        raise PipelineError(f"{config.source}: [records].task = 'seqrec' needs [records].items and [records].interactions")
+    if task == "ctr" and not (rec["tallrec"] or (rec["ratings"] and rec["items"])):
+        raise PipelineError(f"{config.source}: [records].task = 'ctr' needs [records].tallrec, or [records].ratings and items")
+    if task != "next_poi" and config["evaluate"]["mode"] == "generate":
+        raise PipelineError(f"{config.source}: [evaluate].mode = 'generate' is for next_poi; {task} has its own scoring")
     _choice(config, "evaluate", "mode", ("ranked", "generate", "none"))
     _choice(config, "evaluate", "split", ("val", "test"))
-    if config["data"]["source"] == "synthetic" and config["data"]["users"] < 2:
+    if task == "next_poi" and config["data"]["source"] == "synthetic" and config["data"]["users"] < 2:
         raise PipelineError(
             f"{config.source}: [data].users must be at least 2, got {config['data']['users']}"
         )
-    if config["data"]["source"] == "files" and not (config["data"]["inputs"] or config["data"]["train"]):
+    if task == "next_poi" and config["data"]["source"] == "files" and not (config["data"]["inputs"] or config["data"]["train"]):
         raise PipelineError(f"{config.source}: [data].source = 'files' needs [data].inputs or [data].train")
     budget = config["coreset"]["budget"]
     if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
@@ -240,5 +253,10 @@ def validate(config: RunConfig) -> None:
             stages.check_options(stage, config)
         except PipelineError:
             raise
-        except (TypeError, ValueError) as exc:
+        except TypeError as exc:
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if bad:
+                raise PipelineError(f"{config.source}: unknown key [{stage}].options.{bad.group(1)}") from exc
+            raise PipelineError(f"{config.source}: [{stage}]: {exc}") from exc
+        except ValueError as exc:
             raise PipelineError(f"{config.source}: [{stage}]: {exc}") from exc

@@ -12,7 +12,11 @@ from typing import Any
 from genrec_pipeline._config import RunConfig
 from genrec_pipeline.stages import Artifact
 
-_HEADLINE = ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr")
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "next_poi": ("acc@1", "acc@5", "acc@10", "ndcg@5", "ndcg@10", "mrr"),
+    "seqrec": ("ndcg@1", "ndcg@5", "ndcg@10", "hr@10", "hr@20", "sampled_ndcg@10", "sampled_hr@10"),
+    "ctr": ("auc", "n"),
+}
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -72,10 +76,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def metric_table(metrics: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
-    rows = [["system", *_HEADLINE]]
+def metric_table(metrics: Mapping[str, Mapping[str, Any]], task: str = "next_poi") -> list[list[str]]:
+    headline = HEADLINES.get(task, HEADLINES["next_poi"])
+    rows = [["system", *headline]]
     for system, values in metrics.items():
-        rows.append([system, *(_fmt(values.get(m, "")) for m in _HEADLINE)])
+        rows.append([system, *(_fmt(values.get(m, "")) for m in headline)])
     return rows
 
 
@@ -148,11 +153,12 @@ def write_run_report(
         metrics = json.loads(evaluation["metrics"].read_text(encoding="utf-8"))
         systems = metrics.get("systems", metrics)
         systems = {k: v for k, v in systems.items() if isinstance(v, Mapping)}
-        rows = metric_table(systems)
+        task = str(evaluation.summary.get("task", "next_poi"))
+        rows = metric_table(systems, task)
         split = config["evaluate"]["split"]
-        lines_md += [f"## Next-POI accuracy ({split} split)", "", _md_table(rows), ""]
-        lines_txt += ["", f"next-POI metrics on the {split} split:", _text_table(rows)]
-        said = verdict(systems)
+        lines_md += [f"## {task} metrics ({split} split)", "", _md_table(rows), ""]
+        lines_txt += ["", f"{task} metrics on the {split} split:", _text_table(rows)]
+        said = verdict(systems) if task == "next_poi" else None
         if said:
             lines_md += [said, ""]
             lines_txt += ["", said]

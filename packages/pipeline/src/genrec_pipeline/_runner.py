@@ -66,6 +66,8 @@ def _versions() -> dict[str, str]:
 
 
 def _enabled(config: RunConfig, stage: str) -> bool:
+    if stage in ("data", "profiles") and config["records"]["task"] != "next_poi":
+        return False  # SeqRec and CTR records are built from their own inputs
     if stage == "profiles":
         return bool(config["profiles"]["enabled"])
     if stage == "coreset":
@@ -90,8 +92,8 @@ def _upstream(config: RunConfig, stage: str) -> tuple[str, ...]:
 
 def _settings(config: RunConfig, stage: str) -> dict[str, Any]:
     table = {k: v for k, v in config[stage].items() if k not in _VOLATILE}
-    if stage == "data":
-        for key in ("inputs", "train", "val", "test"):
+    if stage in ("data", "records"):
+        for key in ("inputs", "train", "val", "test", "items", "interactions", "ratings", "tallrec"):
             value = table.get(key)
             if isinstance(value, list):
                 table[key] = [config.resolve(str(v)) for v in value]
@@ -204,7 +206,15 @@ def _call_stage(
         )
     if stage == "records":
         return st.records(
-            arts["data"], folder, profiles=arts.get("profiles"), task=t["task"], options=t["options"]
+            arts.get("data"),  # type: ignore[arg-type]
+            folder,
+            profiles=arts.get("profiles"),  # type: ignore[arg-type]
+            task=t["task"],
+            items=config.resolve(t["items"]) or None,
+            interactions=config.resolve(t["interactions"]) or None,
+            ratings=config.resolve(t["ratings"]) or None,
+            tallrec=[config.resolve(str(p)) for p in t["tallrec"]],
+            options=t["options"],
         )
     if stage == "coreset":
         return st.coreset(
@@ -234,8 +244,8 @@ def _call_stage(
         )
     if stage == "evaluate":
         return st.evaluate(
-            arts["records"],
-            arts["data"],
+            arts["records"],  # type: ignore[arg-type]
+            arts.get("data"),  # type: ignore[arg-type]
             folder,
             model=arts.get("train"),  # type: ignore[arg-type]
             split=t["split"],

@@ -59,6 +59,11 @@ RECORD_COLUMNS = (
     "record_id", "task", "user_id", "split", "prompt", "completion", "messages", "target_poi_idx",
     "trajectory_id", "n_checkins", "target_time",
 )  # fmt: skip
+TASK_COLUMNS: dict[str, tuple[str, ...]] = {
+    "next_poi": ("target_poi_idx", "trajectory_id", "n_checkins", "target_time"),
+    "seqrec": ("history_item_ids", "target_item_id", "negative_item_ids"),
+    "ctr": ("label",),
+}
 SELECTION_COLUMNS = ("record_id", "selected", "rank")
 PREDICTION_COLUMNS = ("record_id", "ranked", "generated", "valid")
 
@@ -152,6 +157,12 @@ def _folder(out: str | Path) -> Path:
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _rows(path: Path) -> int:
+    import polars as pl
+
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
 
 
 def _data_dir(data: DataArtifact | str | Path) -> Path:
@@ -283,37 +294,73 @@ def profile(
 
 
 def records(
-    data: DataArtifact | str | Path,
+    data: DataArtifact | str | Path | None,
     out: str | Path,
     *,
     profiles: ProfilesArtifact | str | Path | None = None,
     task: str = "next_poi",
+    items: str | Path | None = None,
+    interactions: str | Path | None = None,
+    ratings: str | Path | None = None,
+    tallrec: Sequence[str | Path] = (),
     options: Mapping[str, Any] | None = None,
 ) -> RecordsArtifact:
-    """GenUP-style next-POI SFT records per split, with each user's profile when given."""
+    """SFT records per split (DESIGN.md §2).
+
+    ``next_poi``: GenUP style from prepared check-ins (``data``), with each user's profile when given.
+    ``seqrec``: BIGRec style from ``items`` (item_id, title) and ``interactions``. ``ctr``: TALLRec
+    style, from TALLRec JSON files (``tallrec``; the split comes from each file's name) or from
+    ``ratings`` and ``items``.
+    """
     import polars as pl
 
-    from genrec_sftdata import NextPoiConfig, build_next_poi, load_prepared, write_records
-
-    if task != "next_poi":
-        raise PipelineError(
-            f"records: task {task!r} is built from its own inputs; the pipeline builds next_poi"
-        )
-    folder = _folder(out)
-    profile_frame = None
-    if profiles is not None:
-        path = profiles["profiles"] if isinstance(profiles, Artifact) else Path(profiles)
-        profile_frame = pl.read_parquet(path)
-    built = build_next_poi(
-        load_prepared(_data_dir(data)), profile_frame, config=NextPoiConfig(**dict(options or {}))
+    from genrec_sftdata import (
+        CtrConfig,
+        NextPoiConfig,
+        SeqRecConfig,
+        build_ctr,
+        build_next_poi,
+        build_seqrec,
+        load_prepared,
+        read_tallrec_json,
+        write_records,
     )
+
+    folder = _folder(out)
+    opts = dict(options or {})
+    if task == "next_poi":
+        if data is None:
+            raise PipelineError("records: task next_poi needs the prepared check-ins (data)")
+        profile_frame = None
+        if profiles is not None:
+            path = profiles["profiles"] if isinstance(profiles, Artifact) else Path(profiles)
+            profile_frame = pl.read_parquet(path)
+        built = build_next_poi(load_prepared(_data_dir(data)), profile_frame, config=NextPoiConfig(**opts))
+    elif task == "seqrec":
+        if not items or not interactions:
+            raise PipelineError("records: task seqrec needs [records].items and [records].interactions")
+        built = build_seqrec(items, interactions, config=SeqRecConfig(**opts))
+    elif task == "ctr":
+        if tallrec:
+            frames = [read_tallrec_json(p) for p in tallrec]
+            both = pl.concat(frames, how="diagonal_relaxed")
+            built = {str(s): both.filter(pl.col("split") == s) for s in both["split"].unique(maintain_order=True)}
+        elif ratings and items:
+            built = build_ctr(ratings, items, config=CtrConfig(**opts))
+        else:
+            raise PipelineError("records: task ctr needs [records].tallrec files, or [records].ratings and items")
+    else:
+        raise PipelineError(f"records: unknown task {task!r}; use next_poi, seqrec or ctr")
     files: dict[str, Path] = {}
     for split, frame in built.items():
         path = folder / f"{split}.parquet"
         write_records(frame, path)
         files[split] = path
+    if items:
+        files["items"] = Path(items)
     summary = {split: frame.height for split, frame in built.items()}
-    schema = {split: RECORD_COLUMNS for split in built}
+    summary["task"] = task  # type: ignore[assignment]
+    schema = {split: RECORD_COLUMNS[:7] + TASK_COLUMNS[task] for split in built}
     return _finish(RecordsArtifact(stage="records", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
 
 
@@ -334,25 +381,29 @@ def check_options(stage: str, config: RunConfig) -> None:
 
         ProfilerConfig(**{"batch_size": table["batch_size"], **dict(table["options"])})
     elif stage == "records":
-        from genrec_sftdata import NextPoiConfig
+        import genrec_sftdata as sd
 
-        NextPoiConfig(**dict(table["options"]))
+        cls = {"next_poi": sd.NextPoiConfig, "seqrec": sd.SeqRecConfig, "ctr": sd.CtrConfig}[table["task"]]
+        cls(**dict(table["options"]))
     elif stage == "train":
         _train_config(config["train"], train="records.parquet", output="out", validate_only=True)
     elif stage == "coreset":
-        opts = dict(table["options"])
-        unknown = sorted(set(opts) - _CORESET_OPTIONS)
+        import inspect
+
+        from genrec_otcoreset import select
+
+        known = _CORESET_OWN | (set(inspect.signature(select).parameters) - _CORESET_SET)
+        unknown = sorted(set(table["options"]) - known)
         if unknown:
             raise PipelineError(
-                f"{config.source}: unknown key [coreset].options.{unknown[0]}; known: {', '.join(sorted(_CORESET_OPTIONS))}"
+                f"{config.source}: unknown key [coreset].options.{unknown[0]}; known: {', '.join(sorted(known))}"
             )
     elif stage == "evaluate":
-        opts = dict(table["options"])
-        unknown = sorted(set(opts) - _EVALUATE_OPTIONS)
-        if unknown:
-            raise PipelineError(
-                f"{config.source}: unknown key [evaluate].options.{unknown[0]}; known: {', '.join(sorted(_EVALUATE_OPTIONS))}"
-            )
+        import genrec_evaluator as ev
+
+        task = config["records"]["task"]
+        cls = {"next_poi": ev.NextPoiConfig, "seqrec": ev.SeqRecConfig, "ctr": ev.CtrConfig}[task]
+        cls(**dict(table["options"]))
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -398,7 +449,7 @@ def train(
         train_path = Path(records) / "train.parquet"
     val_path = records["val"] if isinstance(records, Artifact) else Path(records) / "val.parquet"
     opts = {"seed": seed, "progress": progress, **dict(options or {})}
-    if "val" not in opts and val_path.is_file():
+    if "val" not in opts and val_path.is_file() and _rows(val_path) > 0:
         opts["val"] = str(val_path)
     config = _train_config({"recipe": recipe, "options": opts}, train=str(train_path), output=str(folder))
     result = run_training(config)
@@ -481,6 +532,11 @@ def coreset(
         else:
             feats[split] = compute_features(frame, **feature_args)
             save_features(feats[split], where)
+    by_label = bool(opts.pop("by_label", True))
+    if by_label and feats["train"].labels is not None and feats["val"].labels is not None:
+        # Label-enhanced ITRA (CTR): each label gets its validation share of the budget.
+        opts["labels"] = feats["train"].labels
+        opts["val_labels"] = feats["val"].labels
     result = select(
         embeddings=feats["train"].embeddings,
         grad_norms=feats["train"].grad_norms,
@@ -538,7 +594,7 @@ def coreset(
 
 def evaluate(
     records: RecordsArtifact | str | Path,
-    data: DataArtifact | str | Path,
+    data: DataArtifact | str | Path | None,
     out: str | Path,
     *,
     model: ModelArtifact | str | Path | None = None,
@@ -546,16 +602,20 @@ def evaluate(
     split: str = "test",
     mode: str = "ranked",
     max_records: int = 0,
+    items: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvaluationArtifact:
-    """Next-POI evaluation of the fine-tuned model (``model``: the train stage's artifact, or a base
-    model path with an optional ``adapter``) beside the popularity, user-frequency and Markov
-    baselines, with GenUP's user-activity and trajectory-length analyses; ``mode="none"`` runs the
-    baselines alone."""
+    """Evaluate the fine-tuned model (``model``: the train stage's artifact, or a base model path with
+    an optional ``adapter``) beside the baselines, by the records' task.
+
+    next_poi: ranked (or generated) POI ids beside popularity, user-frequency and Markov baselines, with
+    GenUP's user-activity and trajectory-length analyses (``mode="none"``: baselines alone). seqrec:
+    generated titles grounded to the catalogue (``items``), NDCG/HR. ctr: P(Yes) -> AUC.
+    """
     import polars as pl
 
-    from genrec_evaluator import NextPoiConfig, evaluate_next_poi, run_baselines, write_report
+    import genrec_evaluator as ev
 
     folder = _folder(out)
     path = records[split] if isinstance(records, Artifact) else Path(records) / f"{split}.parquet"
@@ -565,41 +625,53 @@ def evaluate(
     if max_records and frame.height > max_records:
         # A fixed, seeded subset keeps runs comparable while bounding the cost of model scoring.
         frame = frame.sample(n=max_records, seed=0).sort("record_id")
-    checkins = pl.read_parquet(
-        data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet"
-    )
+    task = str(frame["task"][0]) if "task" in frame.columns else "next_poi"
     opts = dict(options or {})
-    if mode == "none":
-        result = run_baselines(frame, checkins)
-    else:
-        if isinstance(model, ModelArtifact):
-            base = str(model.summary["base_model"])
-            adapter = model.files.get("adapter")
-        elif model is None:
-            raise PipelineError("evaluate: mode needs a model (the train stage's output or a model path)")
+    base: str | None = None
+    if isinstance(model, ModelArtifact):
+        base = str(model.summary["base_model"])
+        adapter = model.files.get("adapter")
+    elif model is not None:
+        base = str(model)
+    if base is None and not (task == "next_poi" and mode == "none"):
+        raise PipelineError("evaluate: needs a model (the train stage's output or a model path)")
+    if task == "next_poi":
+        if data is None:
+            raise PipelineError("evaluate: next_poi needs the prepared check-ins (data)")
+        checkins = pl.read_parquet(data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet")
+        if mode == "none":
+            result = ev.run_baselines(frame, checkins)
         else:
-            base = str(model)
-        config = NextPoiConfig(mode=mode, progress=progress, **opts)  # type: ignore[arg-type]
-        result = evaluate_next_poi(frame, model=base, adapter=adapter, train=checkins, config=config)
-    write_report(result, folder)
+            config = ev.NextPoiConfig(mode=mode, progress=progress, **opts)  # type: ignore[arg-type]
+            result = ev.evaluate_next_poi(frame, model=base, adapter=adapter, train=checkins, config=config)  # type: ignore[arg-type]
+    elif task == "seqrec":
+        catalogue = items or (records.files.get("items") if isinstance(records, Artifact) else None)
+        if catalogue is None:
+            raise PipelineError("evaluate: seqrec needs the item catalogue ([records].items)")
+        config_s = ev.SeqRecConfig(progress=progress, **opts)
+        result = ev.evaluate_seqrec(frame, ev.read_items(catalogue), model=base, adapter=adapter, config=config_s)
+    elif task == "ctr":
+        config_c = ev.CtrConfig(progress=progress, **opts)
+        result = ev.evaluate_ctr(frame, model=base, adapter=adapter, config=config_c)  # type: ignore[arg-type]
+    else:
+        raise PipelineError(f"evaluate: unknown task {task!r} in {path}")
+    ev.write_report(result, folder)
     files = {"metrics": folder / "metrics.json", "report": folder / "report.md", "run": folder / "run.json"}
     if (folder / "predictions.parquet").is_file():
         files["predictions"] = folder / "predictions.parquet"
     for png in sorted((folder / "plots").glob("*.png")):
         files[f"plot_{png.stem}"] = png
-    headline = {sys: round(float(m.get("acc@1", 0.0)), 4) for sys, m in result.metrics.items()}
-    summary = {"records": frame.height, "split": split, "mode": mode, "acc@1": headline}
+    key = {"next_poi": "acc@1", "seqrec": "ndcg@10", "ctr": "auc"}[task]
+    headline = {sys: round(float(m.get(key, 0.0)), 4) for sys, m in result.metrics.items()}
+    summary = {"records": frame.height, "split": split, "task": task, "mode": mode, key: headline}
     schema = {"predictions": PREDICTION_COLUMNS}
-    return _finish(
-        EvaluationArtifact(stage="evaluate", path=folder, files=files, schema=schema, summary=summary)
-    )  # type: ignore[return-value]
+    return _finish(EvaluationArtifact(stage="evaluate", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
 
 
-_CORESET_OPTIONS: set[str] = {"screen", "confirm", "use_sinkhorn", "device", "max_val", "max_length"}
-_EVALUATE_OPTIONS: set[str] = {
-    "candidates", "top_n", "save_top", "format", "batch_size", "temperature", "top_k", "top_p", "typical_p",
-    "repetition_penalty", "max_new_tokens", "baselines", "device", "dtype", "threads", "seed",
-}  # fmt: skip
+# Options of the coreset stage that the pipeline handles itself, and select() arguments it sets.
+_CORESET_OWN = {"max_val", "max_length", "by_label"}
+_CORESET_SET = {"embeddings", "grad_norms", "val_embeddings", "budget", "method", "lam", "candidates",
+                "max_swaps", "seed", "progress", "labels", "val_labels"}  # fmt: skip
 
 
 def _elapsed(start: float) -> float:
