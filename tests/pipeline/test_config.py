@@ -92,3 +92,17 @@ def test_configs_command_lists_and_shows(capsys: pytest.CaptureFixture[str]) -> 
     assert "default" in listing and "built-in default" in listing
     assert main(["configs", "--show", "default"]) == 0
     assert "[coreset]" in capsys.readouterr().out
+
+
+def test_cross_city_study_files(tmp_path: Path) -> None:
+    from genrec_pipeline._crosscity import load_study
+
+    study = load_study("genup-cross-city")
+    assert len(study["configs"]) == 3 and study["metric"] == "acc@1"
+    bad = tmp_path / "study.toml"
+    bad.write_text('[cross_city]\nconfigs = ["a"]\n')
+    with pytest.raises(PipelineError, match="at least two"):
+        load_study(bad)
+    bad.write_text('[cross_city]\nconfigs = ["a", "b"]\nmetrc = "x"\n')
+    with pytest.raises(PipelineError, match=r"unknown key \[cross_city\].metrc"):
+        load_study(bad)

@@ -143,3 +143,26 @@ def test_kill_inside_training_then_resume(tmp_path: Path, tiny_llama: Path) -> N
     result = run(config)
     assert result.artifacts["train"].summary["resumed_from"] > 0
     assert result.artifacts["train"].summary["steps"] == 40
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cross_city_study(tmp_path: Path, tiny_llama: Path) -> None:
+    from genrec_pipeline import cross_city
+
+    paths = []
+    for city, seed in (("alpha", 1), ("beta", 2)):
+        text = CONFIG.format(root=tmp_path / "runs", model=tiny_llama, steps=4).replace(
+            'name = "tiny"', f'name = "{city}"\nseed = {seed}'
+        )
+        path = tmp_path / f"{city}.toml"
+        path.write_text(text.replace("[coreset]\n", "[coreset]\nenabled = false\n", 1))
+        paths.append(path)
+    result = cross_city(paths, name="study", progress=False)
+    assert result.matrix["train_city"].to_list() == ["alpha", "beta"]
+    assert [c for c in result.matrix.columns if c != "train_city"] == ["alpha", "beta"]
+    assert set(result.runs) == {(a, b) for a in ("alpha", "beta") for b in ("alpha", "beta")}
+    assert result.plot.is_file() and result.table.is_file()
+    # The diagonal is each city's own evaluation: the same number its run reported.
+    own = json.loads((result.runs[("alpha", "alpha")] / "metrics.json").read_text())["model"]["acc@1"]
+    assert result.matrix.filter(pl.col("train_city") == "alpha")["alpha"][0] == pytest.approx(own)

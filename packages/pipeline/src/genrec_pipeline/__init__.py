@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from genrec_pipeline import stages
 from genrec_pipeline._config import RunConfig, default_config_path, load_config, shipped_configs
+from genrec_pipeline._crosscity import CrossCityResult, cross_city
 from genrec_pipeline._errors import PipelineError
 from genrec_pipeline._runner import RunResult, StagePlan, plan, run
 
@@ -18,11 +19,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "CrossCityResult",
     "PipelineError",
     "RunConfig",
     "RunResult",
     "StagePlan",
     "__version__",
+    "cross_city",
     "default_config_path",
     "load_config",
     "plan",

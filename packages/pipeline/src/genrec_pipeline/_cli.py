@@ -59,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
 
+    cc = sub.add_parser(
+        "cross-city",
+        help="GenUP's cross-city study: train on each city, evaluate every model on every city",
+        description="Run each config through training (cached), then evaluate each city's model on each city.",
+    )
+    cc.add_argument("configs", nargs="+", help="a study file / shipped study name, or two or more run configs")
+    cc.add_argument("--metric", default=None, help="metric in the matrix (default: the study's, or acc@1)")
+    cc.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                    help="override a value in every config (repeatable)")
+    cc.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     configs = sub.add_parser("configs", help="list the shipped configs")
     configs.add_argument("--show", metavar="NAME", help="print one shipped config")
     return parser
@@ -107,6 +118,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cross_city(args: argparse.Namespace) -> int:
+    from genrec_pipeline._crosscity import cross_city, load_study
+
+    if len(args.configs) == 1:
+        study = load_study(args.configs[0])
+    else:
+        study = {"name": "cross-city", "configs": args.configs, "metric": "acc@1"}
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    result = cross_city(
+        study["configs"],
+        name=study["name"],
+        metric=args.metric or study["metric"],
+        overrides=_overrides(args.set, None),
+        progress=False if args.no_progress else None,
+    )
+    print(result.matrix)
+    print(f"cross-city matrix: {result.table}\nheat map: {result.plot}")
+    return 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     shipped = shipped_configs()
     if args.show:
@@ -130,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "cross-city":
+            return _cross_city(args)
         return _configs(args)
     except KeyboardInterrupt:
         print("genrec: interrupted; rerun the same command to resume", file=sys.stderr)
