@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -207,6 +207,7 @@ def sinkhorn(
 
         cmat = pairwise_cost(xs, ys, metric)
         points = False
+    solve_points: Callable[..., SinkhornResult] | None = None
     if points:
         solve_points = getattr(impl, "solve_points", None)
         if solve_points is None:
@@ -225,7 +226,10 @@ def sinkhorn(
     res: SinkhornResult | None = None
     for e in stages:
         kw: dict[str, Any] = {"eps": e, "max_iter": max_iter, "tol": tol, "f0": fw, "g0": gw}
-        res = solve_points(xs, ys, metric, av, bv, **kw) if points else impl.solve(cmat, av, bv, **kw)
+        if solve_points is not None:
+            res = solve_points(xs, ys, metric, av, bv, **kw)
+        else:
+            res = impl.solve(cmat, av, bv, **kw)
         total += res.n_iter
         fw, gw = res.f, None
         logger.debug("sinkhorn eps=%g: %d iterations, marginal error %.3g", e, res.n_iter, float(res.marginal_error))
