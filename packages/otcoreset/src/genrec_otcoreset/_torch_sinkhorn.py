@@ -133,6 +133,7 @@ def _scaling_solve(
         valid = False
     check = tol > 0
     n_iter = 0
+    rebuilds = 0  # absorptions: each costs one exp pass, so they are logged for tuning tau/tiny
     for it in range(max_iter):
         # --- g half: v = b / K^T u
         good = False
@@ -148,6 +149,7 @@ def _scaling_solve(
             fcur = alpha + eps * u.log()
             gcur = beta + eps * v.log()
             colsum, cmax = rebuild_cols(fcur)
+            rebuilds += 1
             converged = (
                 valid and check and (it > 0 or g0 is not None)
                 and float(torch.dist(torch.exp(gcur * inv + cmax) * colsum, b, 1)) < tol
@@ -170,12 +172,14 @@ def _scaling_solve(
         if not (umin > lo and umax < hi and amin > tiny * vmax * umax):
             gcur = beta + eps * v.log()
             rowsum, rmax = rebuild_rows(gcur)
+            rebuilds += 1
             alpha, beta, v, vmax = -eps * rmax, gcur, ones_m, 1.0
             u_new = a / rowsum
             umax = span(u_new)[1]
         u = u_new
         n_iter = it + 1
 
+    logger.debug("scaling Sinkhorn %dx%d eps=%g: %d iterations, %d kernel rebuilds", n, m, eps, n_iter, rebuilds)
     f = alpha + eps * u.log()
     g = beta + eps * v.log()
     # Final pass over K (and C for the cost), chunked so the product K*C never exists in full.
