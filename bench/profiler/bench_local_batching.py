@@ -17,7 +17,7 @@ import pytest
 
 SIZE = os.environ.get("GENREC_BENCH_SIZE", "quick")
 N_PROMPTS = 8
-NEW_TOKENS = {"quick": 32, "full": 64}[SIZE]
+NEW_TOKENS = {"quick": 64, "full": 128}[SIZE]
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -36,10 +36,10 @@ def _prompt_messages() -> list[tuple[dict[str, str], ...]]:
     def count(texts: Any) -> list[int]:
         return [len(t.split()) for t in texts]
 
-    # 10 to 24 check-ins: prompts of different lengths, so left padding is exercised.
+    # 4 to 18 check-ins: prompts of different lengths, so left padding is exercised.
     return [
         fit_prompt(u, sentences[u], digests[u].render(), budget=None, count_tokens=count,
-                   max_checkins=10 + 2 * i).messages
+                   max_checkins=4 + 2 * i).messages
         for i, u in enumerate(users)
     ]
 

@@ -24,6 +24,9 @@ class LocalBackend:
     LMs continue from the last position, so padding goes on the LEFT: with right padding the shorter
     prompts of a batch would have to continue after pad tokens. ``do_sample=False`` is greedy;
     sampling is seeded per batch from ``seed`` so a run is reproducible for the same batch layout.
+    ``response_prefix`` is written as the start of the answer (default ``{"traits": ["``): small models
+    such as SmolLM2-135M otherwise often open with prose or invent their own nesting. Use ``""`` to
+    let the model start freely.
     """
 
     backend = "local"
@@ -39,6 +42,7 @@ class LocalBackend:
         seed: int = 0,
         device: str = "cpu",
         context_length: int | None = None,
+        response_prefix: str = '{"traits": ["',
     ) -> None:
         if max_new_tokens < 1:
             raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -64,6 +68,7 @@ class LocalBackend:
         self.temperature = temperature
         self.top_p = top_p
         self.seed = seed
+        self.response_prefix = response_prefix
         self._batches = 0
         self.context_length = context_length or int(
             getattr(self.lm.config, "max_position_embeddings", 0) or 2048
@@ -82,8 +87,9 @@ class LocalBackend:
         return [len(ids) for ids in encoded]
 
     def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The chat-templated prompt, ending with ``response_prefix`` (the start of the answer)."""
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return str(text)
+        return str(text) + self.response_prefix
 
     def generate_texts(self, prompts: Sequence[str]) -> list[tuple[str, int, int, str]]:
         """(text, prompt tokens, new tokens, finish reason) for already rendered prompts, one batch."""
@@ -121,7 +127,8 @@ class LocalBackend:
         if not requests:
             return []
         prompts = [self.render(r.messages) for r in requests]
+        # The answer includes the prefix we wrote for the model, so that it parses as a whole.
         return [
-            Completion(text=text, tokens_in=n_in, tokens_out=n_out, finish_reason=finish)
+            Completion(text=self.response_prefix + text, tokens_in=n_in, tokens_out=n_out, finish_reason=finish)
             for text, n_in, n_out, finish in self.generate_texts(prompts)
         ]

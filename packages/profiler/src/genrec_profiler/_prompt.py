@@ -27,7 +27,8 @@ SCHEMA_TEXT = (
     '"preferences": a list of short phrases about the places and activities the user likes;\n'
     '"routines": a list of short phrases about when and where the user usually goes;\n'
     '"summary": about 200 words describing the user in the second person ("You are ..."), usable as a '
-    "system prompt."
+    "system prompt.\n"
+    'Start with {"traits": [" and write plain strings, no nested objects.'
 )
 FEEDBACK = (
     "Your answer could not be used: {error}. Reply again with only the JSON object, with all eight keys "
