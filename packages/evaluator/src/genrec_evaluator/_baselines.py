@@ -175,7 +175,7 @@ def run_baselines(
     config = config or BaselineConfig()
     start = time.perf_counter()
     train = _train_only(train)
-    num_pois = int(train["poi_idx"].max()) + 1  # type: ignore[arg-type, operator]
+    num_pois = int(train["poi_idx"].max()) + 1  # type: ignore[arg-type]
     checked = check_next_poi_records(records, num_pois=num_pois)
     grouped = add_groups(checked, train)
     names = category_names(train)

@@ -42,7 +42,10 @@ def atomic_write_json(path: str | Path, obj: Any, *, sort_keys: bool = True) -> 
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    def _write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    return atomic_write(path, _write)
 
 
 def atomic_write_parquet(path: str | Path, frame: pl.DataFrame) -> Path:
@@ -132,9 +135,10 @@ def load_checkins(data_dir: str | Path) -> pl.DataFrame:
         raise FileNotFoundError(f"prepared data not found: {data_dir}")
     if data_dir.is_file():
         return _read_table_file(data_dir)
+    load_prepared: Callable[[Path], Any] | None
     try:
-        from genrec_sftdata import load_prepared  # type: ignore[attr-defined]
-    except ImportError:
+        from genrec_sftdata import load_prepared
+    except ImportError:  # the base package without genrec-sftdata: plain parquet only
         load_prepared = None
     if load_prepared is not None and not (data_dir / "checkins.parquet").is_file():
         return load_prepared(data_dir).checkins

@@ -27,8 +27,8 @@ def target_ranks(ranked: Sequence[Sequence[int]], targets: Sequence[int]) -> np.
         raise EvaluatorError(f"ranked has {len(ranked)} rows but targets has {len(targets)}")
     out = np.full(len(targets), np.inf)
     for i, (row, target) in enumerate(zip(ranked, targets)):
-        hits = np.flatnonzero(np.asarray(row, dtype=np.int64) == int(target)) if len(row) else ()
-        if len(hits):
+        hits = np.flatnonzero(np.asarray(row, dtype=np.int64) == int(target))
+        if hits.size:
             out[i] = hits[0] + 1
     return out
 

@@ -66,7 +66,7 @@ def convert_gguf(gguf: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are dequantized on load, but the model keeps its GGUF quantizer, which refuses to
     # save; dropping it saves the plain float weights (same logits, checked in the tests).
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
 
@@ -136,6 +136,6 @@ def load_model(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer

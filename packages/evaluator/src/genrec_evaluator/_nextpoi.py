@@ -183,7 +183,7 @@ def evaluate_next_poi(
         config = replace(config, mode=mode)
     start = time.perf_counter()
     train_rows = _train_only(train) if train is not None else None
-    num_pois = int(train_rows["poi_idx"].max()) + 1 if train_rows is not None else None  # type: ignore[arg-type, operator]
+    num_pois = int(train_rows["poi_idx"].max()) + 1 if train_rows is not None else None  # type: ignore[arg-type]
     checked = check_next_poi_records(records, num_pois=num_pois)
     if config.limit is not None:
         checked = checked.head(config.limit)
