@@ -57,7 +57,7 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], *, torchrun: int = 0, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(args: list[str], *, torchrun: int = 0, timeout: float = 400) -> subprocess.CompletedProcess[str]:
     if torchrun:
         cmd = [
             sys.executable,
@@ -65,8 +65,7 @@ def run_cli(args: list[str], *, torchrun: int = 0, timeout: float = 600) -> subp
             "torch.distributed.run",
             "--nproc-per-node",
             str(torchrun),
-            "--master-port",
-            "0",
+            "--standalone",  # a free port on localhost; workers hang on --master-port 0
             "-m",
             "genrec_trainer",
             *args,

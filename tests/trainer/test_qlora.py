@@ -19,7 +19,7 @@ def _dequantised(module: torch.nn.Module) -> torch.Tensor:
     if isinstance(module, bnb.nn.Linear4bit):
         return bnb.functional.dequantize_4bit(w.data, w.quant_state).float()
     # LLM.int8 row-wise absmax: W = CB * SCB / 127
-    return (w.data.float() * w.SCB.float()[:, None] / 127.0)
+    return w.data.float() * w.SCB.float()[:, None] / 127.0
 
 
 def _grads_vs_reference(tiny_model: Path, city, quantization: str) -> tuple[dict, dict, int]:
@@ -31,11 +31,14 @@ def _grads_vs_reference(tiny_model: Path, city, quantization: str) -> tuple[dict
     qmodel = load_model(tiny_model, cfg, device=device, distributed=False)
     ref = load_model(tiny_model, ref_cfg, device=device, distributed=False)
     tok = load_tokenizer(tiny_model)
-    examples = tokenize_records(read_records(city["train"]).head(6), tok, fmt="auto", max_length=128,
-                                truncation=False, path="t").examples
+    examples = tokenize_records(
+        read_records(city["train"]).head(6), tok, fmt="auto", max_length=128, truncation=False, path="t"
+    ).examples
     batch = collate(examples, tok.pad_token_id)
 
-    quantised = {n: m for n, m in qmodel.named_modules() if isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt)}
+    quantised = {
+        n: m for n, m in qmodel.named_modules() if isinstance(m, bnb.nn.Linear4bit | bnb.nn.Linear8bitLt)
+    }
     assert quantised, "no bitsandbytes layers: the model was not quantised"
     ref_modules = dict(ref.named_modules())
     gen = torch.Generator().manual_seed(1)
@@ -59,9 +62,13 @@ def _grads_vs_reference(tiny_model: Path, city, quantization: str) -> tuple[dict
     grads = []
     for model in (qmodel, ref):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=-100
+        )
         loss.backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None})
+        grads.append(
+            {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        )
     n_trainable = sum(1 for p in qmodel.parameters() if p.requires_grad)
     return grads[0], grads[1], n_trainable
 
@@ -85,9 +92,18 @@ def test_int8_lora_gradients_match_dequantised_fp32(tiny_model: Path, city) -> N
 
 
 def test_nf4_training_learns(tiny_model: Path, city, tmp_path: Path) -> None:
-    cfg = load_config(None, model=str(tiny_model), train=str(city["train"]), output=str(tmp_path),
-                      quantization="nf4", batch_size=8, lr=1e-2, max_steps=40, progress=False,
-                      val=str(city["val"]))
+    cfg = load_config(
+        None,
+        model=str(tiny_model),
+        train=str(city["train"]),
+        output=str(tmp_path),
+        quantization="nf4",
+        batch_size=8,
+        lr=1e-2,
+        max_steps=40,
+        progress=False,
+        val=str(city["val"]),
+    )
     result = train(cfg)
     assert sum(result.losses[-5:]) / 5 < 0.5 * sum(result.losses[:5]) / 5
     assert result.adapter_dir is not None and (result.adapter_dir / "adapter_model.safetensors").is_file()

@@ -68,7 +68,9 @@ def test_loss_falls_and_log_is_complete(trained: TrainResult) -> None:
     assert {"lr", "grad_norm", "tokens_per_s", "peak_memory_mb", "epoch"} <= set(steps[0])
     # warm-up 0 then cosine: the learning rate decays monotonically to near zero.
     lrs = [r["lr"] for r in steps]
-    assert lrs[0] == pytest.approx(1e-2) and all(a >= b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 1e-4
+    assert (
+        lrs[0] == pytest.approx(1e-2) and all(a >= b for a, b in itertools.pairwise(lrs)) and lrs[-1] < 1e-4
+    )
     assert [r["step"] for r in lines if "eval_loss" in r] == [80, 160]
     assert trained.target_tokens > 0 and trained.tokens > trained.target_tokens
 
