@@ -85,6 +85,9 @@ def _hf_trainer_tokens_per_s(model_path: Path, data: Path, out: Path, steps: int
 
 @pytest.mark.parametrize(("name", "steps", "batch"), CASES)
 def test_train_throughput(benchmark, tmp_path: Path, name: str, steps: int, batch: int) -> None:
+    # One thread for both sides: on a shared 2-core machine two spin-waiting OpenMP threads make
+    # tiny-model steps 100x slower and the ratio meaningless.
+    torch.set_num_threads(1)
     model_path = make_tiny_llama(tmp_path / "tiny") if name == "tiny-llama" else resolve_model("smollm2")
     data = write_records(synthetic_city_records(256), tmp_path / "train.parquet")
     baseline = _hf_trainer_tokens_per_s(model_path, data, tmp_path / "hf", steps, batch)
