@@ -81,8 +81,8 @@ def test_seeded_sampling_is_reproducible(tiny_model: Path) -> None:
 def test_local_run_fits_the_context_and_records_failures(tiny_model: Path, city: Any, tmp_path: Path) -> None:
     from genrec_profiler import LocalBackend
 
-    backend = LocalBackend(tiny_model, max_new_tokens=24, context_length=1000)
-    assert backend.prompt_token_budget == 1000 - 2 * 24 - 96
+    backend = LocalBackend(tiny_model, max_new_tokens=24, context_length=1600)
+    assert backend.prompt_token_budget == 1600 - 2 * 24 - 96
     result = generate_profiles(city, client=backend, out=tmp_path / "p.parquet",
                                config=ProfilerConfig(users=3, batch_size=3, max_retries=1))
     table = pl.read_parquet(result.path)
@@ -93,7 +93,7 @@ def test_local_run_fits_the_context_and_records_failures(tiny_model: Path, city:
     # long histories were cut to fit; first prompt + retry prompt both fit in the context
     assert (table["n_checkins_cut"] > 0).all()
     assert (table["n_checkins_used"] + table["n_checkins_cut"] == table["n_checkins"]).all()
-    assert (table["tokens_in"] <= 2 * (1000 - 24)).all()
+    assert (table["tokens_in"] <= 2 * (1600 - 24)).all()
     assert (table["tokens_out"] > 0).all()
     stats = profile_stats(table)
     assert stats.status["failed"] == 3 and stats.tokens_in == table["tokens_in"].sum()
@@ -102,7 +102,7 @@ def test_local_run_fits_the_context_and_records_failures(tiny_model: Path, city:
 def test_local_on_the_real_nyc_slice(tiny_model: Path, nyc: Any, tmp_path: Path) -> None:
     from genrec_profiler import LocalBackend
 
-    backend = LocalBackend(tiny_model, max_new_tokens=8, context_length=900)
+    backend = LocalBackend(tiny_model, max_new_tokens=8, context_length=1600)
     result = generate_profiles(nyc, client=backend, out=tmp_path / "nyc.parquet",
                                config=ProfilerConfig(users=2, batch_size=2, max_retries=0))
     table = pl.read_parquet(result.path)
@@ -111,7 +111,7 @@ def test_local_on_the_real_nyc_slice(tiny_model: Path, nyc: Any, tmp_path: Path)
     for row in table.iter_rows(named=True):
         assert row["n_checkins"] == counts[row["user_id"]]
         assert row["n_checkins_used"] + row["n_checkins_cut"] == row["n_checkins"]
-        assert row["tokens_in"] <= 900 - 8
+        assert row["tokens_in"] <= 1600 - 8
 
 
 def test_model_argument_errors(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ resumable, append-as-you-go profiles table."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from genrec_profiler._errors import ProfilerError
 from genrec_profiler._io import atomic_write_parquet
 from genrec_profiler._prompt import feedback_messages, fit_prompt
 from genrec_profiler._schema import ParsedProfile, parse_profile
+from genrec_profiler._template import template_profile
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,10 @@ class ProfilerConfig:
     )
     max_checkins: int | None = field(
         default=None, metadata={"help": "at most this many most recent check-ins in a prompt"}
+    )
+    no_draft: bool = field(
+        default=False,
+        metadata={"help": "leave out the statistical draft profile from the prompt (GenUP's original prompt)"},
     )
     overwrite: bool = field(default=False, metadata={"help": "start over instead of resuming"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
@@ -299,8 +305,9 @@ def generate_profiles(
             requests, fitted = [], []
             for user in batch:
                 digest = digests[user]
+                draft = None if config.no_draft else json.dumps(template_profile(digest))
                 fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,
-                                 count_tokens=client.count_tokens, max_checkins=config.max_checkins)
+                                 count_tokens=client.count_tokens, max_checkins=config.max_checkins, draft=draft)
                 if fit.n_cut:
                     logger.debug("user %s: kept %d of %d check-ins", user, fit.n_used, fit.n_used + fit.n_cut)
                 fitted.append(fit)

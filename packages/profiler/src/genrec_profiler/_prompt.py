@@ -27,8 +27,11 @@ SCHEMA_TEXT = (
     '"preferences": a list of short phrases about the places and activities the user likes;\n'
     '"routines": a list of short phrases about when and where the user usually goes;\n'
     '"summary": about 200 words describing the user in the second person ("You are ..."), usable as a '
-    "system prompt.\n"
-    'Start with {"traits": [" and write plain strings, no nested objects.'
+    "system prompt."
+)
+DRAFT_TEXT = (
+    "A draft profile computed from the check-in statistics alone (keep its format; change any value "
+    "that the check-ins suggest differently and write a richer summary):\n{draft}"
 )
 FEEDBACK = (
     "Your answer could not be used: {error}. Reply again with only the JSON object, with all eight keys "
@@ -43,7 +46,9 @@ class FittedPrompt:
     n_cut: int
 
 
-def render_messages(user_id: str, sentences: Sequence[str], digest_text: str, n_cut: int) -> tuple[Message, ...]:
+def render_messages(
+    user_id: str, sentences: Sequence[str], digest_text: str, n_cut: int, draft: str | None = None
+) -> tuple[Message, ...]:
     if n_cut:
         intro = (
             f"Here are the {len(sentences)} most recent check-ins of user {user_id} (the {n_cut} older "
@@ -53,6 +58,8 @@ def render_messages(user_id: str, sentences: Sequence[str], digest_text: str, n_
         intro = f"Here are all {len(sentences)} check-ins of user {user_id}, oldest first:"
     body = "\n".join(sentences)
     user = f"{intro}\n{body}\n\n{digest_text}\n\n{SCHEMA_TEXT}"
+    if draft is not None:
+        user += "\n\n" + DRAFT_TEXT.format(draft=draft)
     return ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user})
 
 
@@ -64,6 +71,7 @@ def fit_prompt(
     budget: int | None,
     count_tokens,
     max_checkins: int | None = None,
+    draft: str | None = None,
 ) -> FittedPrompt:
     """Keep the most recent check-ins whose tokens fit in ``budget`` next to the fixed parts.
 
@@ -72,7 +80,7 @@ def fit_prompt(
     """
     kept = list(sentences[-max_checkins:]) if max_checkins else list(sentences)
     if budget is not None and kept:
-        fixed = render_messages(user_id, [], digest_text, n_cut=len(sentences))
+        fixed = render_messages(user_id, [], digest_text, n_cut=len(sentences), draft=draft)
         overhead = sum(count_tokens([m["content"] for m in fixed])) + 16 * len(fixed)
         room = int((budget - overhead) * 0.97)
         if room <= 0:
@@ -89,7 +97,9 @@ def fit_prompt(
         kept = kept[start:]
     n_cut = len(sentences) - len(kept)
     return FittedPrompt(
-        messages=render_messages(user_id, kept, digest_text, n_cut), n_used=len(kept), n_cut=n_cut
+        messages=render_messages(user_id, kept, digest_text, n_cut, draft),
+        n_used=len(kept),
+        n_cut=n_cut,
     )
 
 
