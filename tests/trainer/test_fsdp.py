@@ -69,6 +69,12 @@ def test_two_ranks_match_single_process_lora(tiny_model: Path, city, tmp_path: P
     assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    # Run the same command again: it resumes from the step-3 checkpoint (sharded optimizer state and
+    # LoRA weights loaded back onto both ranks) and must redo steps 4-6 exactly.
+    again = run_cli(["train", *common, "--output", str(tmp_path / "fsdp"), "--batch-size", "2"], torchrun=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "fsdp" / "result.json").read_text())["resumed_from"] == 3
+    assert _losses(tmp_path / "fsdp" / "log.jsonl") == pytest.approx(fsdp_losses, rel=1e-6, abs=1e-7)
     # The mid-run checkpoint holds full (gathered) LoRA tensors of the right shapes.
     ckpt = torch.load(tmp_path / "fsdp" / "checkpoints" / "step-00000003" / "trainable.pt", weights_only=True)
     assert {v.shape[0] if "lora_A" in k else v.shape[1] for k, v in ckpt.items()} == {8}  # not 4: gathered

@@ -64,7 +64,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The tensors are dequantised floats by now, but the GGUF quantizer stays attached and makes
         # save_pretrained refuse ("not serializable"); detach it and save the floats as they are.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
@@ -161,7 +161,7 @@ def load_model(
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     if config.quantization != "none":
         kwargs["device_map"] = {"": device}
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if config.quantization == "none":
         model.to(device)
     _guard_bnb_cpu(model)
@@ -234,7 +234,7 @@ def apply_lora(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     torch.manual_seed(config.seed)
     lora = LoraConfig(
         r=config.lora_r,
-        lora_alpha=config.lora_alpha,
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft accepts a float scale
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules),
         bias="none",

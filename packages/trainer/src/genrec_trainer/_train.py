@@ -161,6 +161,11 @@ def _wrap_fsdp(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     param_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.mixed_precision]
+    float_dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if param_dtype is None and len(float_dtypes) > 1:
+        # float32 LoRA weights over a bf16 base: FSDP2 all-gathers one dtype per group, so compute in
+        # the base's dtype (the float32 copies stay the optimizer's master weights).
+        param_dtype = min(float_dtypes, key=lambda d: torch.finfo(d).bits)
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     offload = CPUOffloadPolicy() if config.fsdp_cpu_offload else OffloadPolicy()
     for layer in _decoder_layers(model):
@@ -287,9 +292,10 @@ def _load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]
             if name not in state:
                 raise TrainerError(f"checkpoint has no tensor for trainable parameter {name!r}")
             value = state[name]
-            if isinstance(param.data, DTensor):
-                value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-                param.data.to_local().copy_(value.to_local())
+            data: Any = param.data
+            if isinstance(data, DTensor):
+                shard = distribute_tensor(value.to(data.device), data.device_mesh, data.placements)
+                data.to_local().copy_(shard.to_local())
             else:
                 param.data.copy_(value)
 
@@ -670,7 +676,7 @@ def _save_outputs(
         return None, target
     adapter = output / "adapter"
     tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=output))
-    model.save_pretrained(str(tmp), state_dict=state)
+    model.save_pretrained(str(tmp), state_dict=state)  # type: ignore[operator]
     tokenizer.save_pretrained(tmp)
     _replace_dir(tmp, adapter)
     merged = None
