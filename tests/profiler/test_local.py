@@ -150,7 +150,7 @@ def test_smollm2_default_writes_parseable_profiles(city: Any, tmp_path: Path) ->
         pytest.skip(str(exc))
     assert backend.model == "smollm2" and (backend.path / "config.json").is_file()
     result = generate_profiles(city, client=backend, out=tmp_path / "p.parquet",
-                               config=ProfilerConfig(users=2, batch_size=2, max_retries=2, max_prompt_tokens=600))
+                               config=ProfilerConfig(users=2, batch_size=2, max_retries=1, max_prompt_tokens=1200))
     table = pl.read_parquet(result.path)
     assert table.height == 2
     assert set(table["status"].to_list()) <= {"ok", "repaired"}, table.select("user_id", "error", "raw").rows()

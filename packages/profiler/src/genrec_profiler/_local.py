@@ -24,9 +24,9 @@ class LocalBackend:
     LMs continue from the last position, so padding goes on the LEFT: with right padding the shorter
     prompts of a batch would have to continue after pad tokens. ``do_sample=False`` is greedy;
     sampling is seeded per batch from ``seed`` so a run is reproducible for the same batch layout.
-    ``response_prefix`` is written as the start of the answer (default ``{"traits": ["``): small models
-    such as SmolLM2-135M otherwise often open with prose or invent their own nesting. Use ``""`` to
-    let the model start freely.
+    ``response_prefix`` is written as the start of the answer (default ``{"``): small models such as
+    SmolLM2-135M otherwise often open with prose and a code fence. Use ``""`` to let the model start
+    freely.
     """
 
     backend = "local"
@@ -42,7 +42,7 @@ class LocalBackend:
         seed: int = 0,
         device: str = "cpu",
         context_length: int | None = None,
-        response_prefix: str = '{"traits": ["',
+        response_prefix: str = '{"',
     ) -> None:
         if max_new_tokens < 1:
             raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
