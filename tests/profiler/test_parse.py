@@ -196,3 +196,32 @@ def test_canonical_profiles_round_trip(profile: dict, upper: bool) -> None:
 def test_arbitrary_text_never_raises(text: str) -> None:
     parsed = parse_profile(text)
     assert parsed.status in {"ok", "repaired", "failed"}
+
+
+def test_draft_fills_what_the_model_dropped_and_says_so() -> None:
+    from genrec_profiler import parse_profile
+
+    draft = {
+        "traits": ["extroverted", "agreeable", "conscientious", "emotionally stable", "open to experience"],
+        "age": "adult", "gender": "unknown", "education": "college & beyond", "socioeco": "middle",
+        "preferences": ["coffee"], "routines": ["weekday mornings"], "summary": "from the draft",
+    }  # fmt: skip
+    # SmolLM2's habit: four of the five poles, no education.
+    text = (
+        '{"traits": ["introverted", "conscientious", "neurotic", "closed to experience"], "age": "adult",'
+        ' "gender": "female", "socioeco": "upper", "preferences": ["parks"], "routines": ["runs at dawn"],'
+        ' "summary": "Written by the model."}'
+    )
+    alone = parse_profile(text)
+    assert alone.status == "failed"
+    assert "agreeableness" in (alone.error or "") or "education" in (alone.error or "")
+    filled = parse_profile(text, draft=draft)
+    assert filled.status == "repaired"
+    assert filled.traits == ("introverted", "agreeable", "conscientious", "neurotic", "closed to experience")
+    assert filled.education == "college & beyond"
+    assert filled.gender == "female" and filled.socioeco == "upper"  # the model's own values win
+    assert filled.summary == "Written by the model."
+    assert any("kept the draft" in r for r in filled.repairs)
+    # The summary is the model's work: a missing one is never taken from the draft.
+    no_summary = parse_profile(text.replace(', "summary": "Written by the model."', ""), draft=draft)
+    assert no_summary.status == "failed" and "summary" in (no_summary.error or "")

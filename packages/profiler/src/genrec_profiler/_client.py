@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from genrec_profiler._digest import UserDigest
 
@@ -20,6 +20,9 @@ class ProfileRequest:
     messages: tuple[Message, ...]
     digest: UserDigest
     attempt: int = 0
+    #: The statistical draft shown in the prompt, if any: fields the model leaves out or gets wrong
+    #: keep the draft's value (the prompt asks the model to change only what the check-ins contradict).
+    draft: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -209,7 +209,7 @@ def _run_batch(client: LLMClient, requests: list[ProfileRequest], max_retries: i
                 parsed = ParsedProfile(status="failed", error=f"backend error: {completion.error}")
                 final[i] = (parsed, completion, attempt + 1, tokens[i][0], tokens[i][1])
                 continue
-            parsed = parse_profile(completion.text)
+            parsed = parse_profile(completion.text, draft=request.draft)
             if parsed.ok or attempt == max_retries:
                 final[i] = (parsed, completion, attempt + 1, tokens[i][0], tokens[i][1])
             else:
@@ -305,13 +305,14 @@ def generate_profiles(
             requests, fitted = [], []
             for user in batch:
                 digest = digests[user]
-                draft = None if config.no_draft else json.dumps(template_profile(digest))
+                draft_obj = None if config.no_draft else template_profile(digest)
+                draft = None if draft_obj is None else json.dumps(draft_obj)
                 fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,
                                  count_tokens=client.count_tokens, max_checkins=config.max_checkins, draft=draft)
                 if fit.n_cut:
                     logger.debug("user %s: kept %d of %d check-ins", user, fit.n_used, fit.n_used + fit.n_cut)
                 fitted.append(fit)
-                requests.append(ProfileRequest(user_id=user, messages=fit.messages, digest=digest))
+                requests.append(ProfileRequest(user_id=user, messages=fit.messages, digest=digest, draft=draft_obj))
             results = _run_batch(client, requests, config.max_retries)
             seconds = (time.perf_counter() - batch_start) / len(batch)
             rows = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -365,7 +366,7 @@ def _trait_pole(text: str) -> tuple[int, str] | None:
     return None
 
 
-def _traits(value: Any, repairs: list[str]) -> tuple[str, ...]:
+def _traits(value: Any, repairs: list[str], fallback: Sequence[str] = ()) -> tuple[str, ...]:
     poles: dict[int, str] = {}
     items: list[tuple[str | None, Any]]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -409,6 +410,11 @@ def _traits(value: Any, repairs: list[str]) -> tuple[str, ...]:
         if not (isinstance(item, str) and item == pole and key is None):
             repairs.append(f"traits: {item!r} -> {pole!r}" if key is None else f"traits: {key}={item!r} -> {pole!r}")
         poles[dim] = pole
+    for pole in fallback:
+        hit = _trait_pole(pole)
+        if hit is not None and hit[0] not in poles:
+            poles[hit[0]] = hit[1]
+            repairs.append(f"traits: no pole for {TRAIT_POLES[hit[0]][0]}; kept the draft's {hit[1]!r}")
     missing = [TRAIT_POLES[d][0] for d in range(len(TRAIT_POLES)) if d not in poles]
     if missing:
         raise ValueError(f"field 'traits': no pole for {', '.join(missing)}")
@@ -431,7 +437,7 @@ def _unwrap(obj: dict[str, Any], repairs: list[str]) -> dict[str, Any]:
     return obj
 
 
-def parse_profile(text: str) -> ParsedProfile:
+def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> ParsedProfile:
     """Validate, repair and normalise one model output into a :class:`ParsedProfile`.
 
     ``status`` is ``ok`` when the output was valid as given, ``repaired`` when it needed repairs that
@@ -463,8 +469,9 @@ def parse_profile(text: str) -> ParsedProfile:
 
     errors: list[str] = []
     fields: dict[str, Any] = {}
+    fallback: Sequence[str] = tuple(draft.get("traits", ())) if draft else ()
     parsers = {
-        "traits": lambda v: _traits(v, repairs),
+        "traits": lambda v: _traits(v, repairs, fallback),
         "age": lambda v: _choice(v, "age", _AGE_ALIASES, AGE_GROUPS, repairs),
         "gender": lambda v: _choice(v, "gender", _GENDER_ALIASES, GENDERS, repairs),
         "education": lambda v: _choice(v, "education", _EDUCATION_ALIASES, EDUCATION_LEVELS, repairs),
@@ -473,13 +480,25 @@ def parse_profile(text: str) -> ParsedProfile:
         "routines": lambda v: _as_text_list(v, "routines", repairs),
     }
     for name, parse in parsers.items():
+        problem = None
         if name not in values or values[name] in (None, ""):
-            errors.append(f"field {name!r}: missing")
-            continue
-        try:
-            fields[name] = parse(values[name])
-        except ValueError as exc:
-            errors.append(str(exc))
+            problem = f"field {name!r}: missing"
+        else:
+            try:
+                fields[name] = parse(values[name])
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None and draft is not None and draft.get(name) not in (None, ""):
+            # The model was asked to improve the draft: a field it dropped or garbled keeps the
+            # draft's value, and the repair says so. The summary never comes from the draft.
+            try:
+                fields[name] = parse(draft[name])
+                repairs.append(f"{problem}; kept the draft's value")
+                continue
+            except ValueError:
+                pass
+        if problem is not None:
+            errors.append(problem)
     summary = values.get("summary")
     if isinstance(summary, list) and all(isinstance(s, str) for s in summary):
         summary = " ".join(summary)
