@@ -121,7 +121,8 @@ def test_features_command_end_to_end_and_round_trip(tmp_path, capsys):
 
     folder = _model_folder(tmp_path)
     rc = main(["--no-progress", "features", "--records", str(_records(tmp_path / "r.parquet")), "--model",
-               str(folder), "--out", str(tmp_path / "feats"), "--device", "cpu", "--batch-size", "2"])
+               str(folder), "--out", str(tmp_path / "feats"), "--device", "cpu", "--batch-size", "2",
+               "--dtype", "float32"])
     assert rc == 0
     assert "features of 5 records (dim 384)" in capsys.readouterr().out
     out = tmp_path / "feats"
@@ -178,3 +179,16 @@ def test_smollm2_alias_converts_once_and_gives_finite_norms(tmp_path, monkeypatc
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     norms = lora_b_grad_norms(model, tok, PROMPTS[:2], COMPLETIONS[:2], batch_size=2)
     assert np.isfinite(norms).all() and (norms > 0).all()
+
+
+def test_bfloat16_features_track_float32(tmp_path):
+    """``dtype`` (``auto`` is bfloat16 on CPUs with native bf16): norms within bf16 rounding of float32."""
+    pytest.importorskip("sentence_transformers")
+    folder = _model_folder(tmp_path)
+    records = _records(tmp_path / "r.parquet")
+    full = compute_features(records, model=folder, device="cpu", batch_size=2, dtype="float32")
+    half = compute_features(records, model=folder, device="cpu", batch_size=2, dtype="bfloat16")
+    np.testing.assert_allclose(half.grad_norms, full.grad_norms, rtol=3e-2)
+    assert not np.allclose(half.grad_norms, full.grad_norms, rtol=1e-7, atol=0)
+    with pytest.raises(OtCoresetError, match="dtype"):
+        compute_features(records, model=folder, dtype="float64")

@@ -57,7 +57,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, city: Any) -> Path:
 def test_batched_greedy_equals_one_by_one(tiny_model: Path) -> None:
     from genrec_profiler import LocalBackend
 
-    backend = LocalBackend(tiny_model, max_new_tokens=12)
+    # float32: bfloat16 rounding can differ between batch shapes and flip a near-tie of a random model.
+    backend = LocalBackend(tiny_model, max_new_tokens=12, dtype="float32")
     assert backend.tokenizer.padding_side == "left"
     prompts = [backend.render([{"role": "user", "content": text}]) for text in
                ["hi", "At 2012-04-03 user 12 visited POI id 7 which is a/an Coffee Shop", "traits age summary"]]
@@ -156,3 +157,21 @@ def test_smollm2_default_writes_parseable_profiles(city: Any, tmp_path: Path) ->
     assert table.height == 2
     assert set(table["status"].to_list()) <= {"ok", "repaired"}, table.select("user_id", "error", "raw").rows()
     assert (table["traits"].list.len() == 5).all()
+
+
+def test_dtype_auto_follows_the_hardware(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from genrec_profiler import LocalBackend
+    from genrec_profiler._local import _resolve_dtype
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda native=native: native)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        assert _resolve_dtype("auto", "cpu") == expected
+    assert _resolve_dtype("float16", "cpu") == "float16"
+    backend = LocalBackend(tiny_model, max_new_tokens=4, dtype="bfloat16")
+    assert backend.dtype == "bfloat16" and next(backend.lm.parameters()).dtype == torch.bfloat16
+    assert all(0 < r[2] <= 4 for r in backend.generate_texts([backend.render([{"role": "user", "content": "hi"}])]))
+    with pytest.raises(ProfilerError, match="dtype"):
+        LocalBackend(tiny_model, dtype="float64")

@@ -35,6 +35,8 @@ def test_two_ranks_match_single_process_lora(tiny_model: Path, city, tmp_path: P
         "--save-every",
         "3",
         "--no-progress",
+        "--dtype",
+        "float32",  # pinned: 'auto' is bfloat16 for a single process on a CPU with native bf16
     ]
     # One global step = batch_size * grad_accum * world_size records in both layouts.
     done = run_cli(["train", *common, "--output", str(tmp_path / "fsdp"), "--batch-size", "2"], torchrun=2)
@@ -52,6 +54,7 @@ def test_two_ranks_match_single_process_lora(tiny_model: Path, city, tmp_path: P
             warmup_steps=2,
             batch_size=2,
             grad_accum=2,
+            dtype="float32",
             progress=False,
         )
     )

@@ -31,6 +31,7 @@ def _config(tiny_model: Path, city: dict[str, Path], output: Path, **kw) -> Trai
         "max_steps": 8,
         "progress": False,
         "log_every": 1,
+        "dtype": "float32",  # parity tests: 'auto' is bfloat16 on CPUs with native bf16
     }
     base.update(kw)
     return load_config(None, **base)
@@ -153,6 +154,8 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tiny_model: Path, city, t
         "2",
         "--lora-dropout",
         "0.1",
+        "--dtype",
+        "float32",
         "--no-progress",
     ]
     proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -201,3 +204,25 @@ def test_bad_input_is_named(tiny_model: Path, city, tmp_path: Path) -> None:
         train(_config(tiny_model, city, tmp_path / "o4", max_length=8))
     with pytest.raises(TrainerError, match="liger"):
         train(_config(tiny_model, city, tmp_path / "o5", liger=True, device="cpu"))
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genrec_trainer import _model
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(_model, "cpu_has_native_bf16", lambda native=native: native)
+        assert _model.compute_dtype(load_config(None, dtype="auto"), cpu) == expected
+        # FSDP on CPU and quantised bases stay float32; an explicit dtype is always kept.
+        assert _model.compute_dtype(load_config(None, dtype="auto"), cpu, distributed=True) == torch.float32
+        assert _model.compute_dtype(load_config(None, dtype="auto", quantization="nf4"), cpu) == torch.float32
+        assert _model.compute_dtype(load_config(None, dtype="float32"), cpu) == torch.float32
+
+
+def test_bfloat16_training_tracks_float32(tiny_model: Path, city: dict[str, Path], tmp_path: Path) -> None:
+    full = train(_config(tiny_model, city, tmp_path / "f32", max_steps=6))
+    half = train(_config(tiny_model, city, tmp_path / "bf16", max_steps=6, dtype="bfloat16"))
+    assert half.losses[-1] < half.losses[0]
+    # Same data, same seed: bfloat16 rounding moves each loss by well under a percent or two.
+    assert half.losses == pytest.approx(list(full.losses), rel=3e-2)
+    assert half.losses != pytest.approx(list(full.losses), rel=1e-7)  # it did compute in bfloat16

@@ -38,6 +38,16 @@ def _wide(x: Any) -> Any:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def _takes_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes kwargs on
+    try:
+        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     first = seqs[0]
     n = min(len(s) for s in seqs)
@@ -69,6 +79,7 @@ class HFScorer:
         if fmt not in {"auto", "prompt", "messages"}:
             raise EvaluatorError(f"format must be auto, prompt or messages, got {fmt!r}")
         self.model = model
+        self._last_logits_only = _takes_logits_to_keep(model)
         self.tokenizer = tokenizer
         self.fmt = fmt
         if max_nodes < 1:
@@ -125,7 +136,9 @@ class HFScorer:
             raise EvaluatorError("a candidate continuation tokenizes to nothing")
         device = self.device
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([shared], device=device), use_cache=True)
+            # Only the last position's logits are read: skip the LM head over the rest of the context.
+            extra = {"logits_to_keep": 1} if self._last_logits_only else {}
+            out = self.model(input_ids=torch.tensor([shared], device=device), use_cache=True, **extra)
             first = torch.log_softmax(_wide(out.logits[0, -1]), dim=-1).double().cpu().numpy()
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         scores = first[[s[0] for s in suffixes]].astype(np.float64)

@@ -34,6 +34,11 @@ class FeaturesConfig:
     max_length: int = field(default=512, metadata={"help": "token limit per record (prompt cut on the left)"})
     seed: int = field(default=0, metadata={"help": "seed of the LoRA A matrix"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "causal LM compute dtype: auto (bfloat16 where the device computes it natively), "
+                  "float32, bfloat16 or float16"},
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +111,8 @@ def _run_features(cfg: FeaturesConfig, progress: bool) -> int:
 
     feats = compute_features(
         cfg.records, model=cfg.model, encoder=cfg.encoder, batch_size=cfg.batch_size,
-        max_length=cfg.max_length, seed=cfg.seed, device=cfg.device, progress=progress,
+        max_length=cfg.max_length, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
+        progress=progress,
     )
     out = save_features(feats, cfg.out)
     print(f"features of {len(feats.record_ids)} records (dim {feats.embeddings.shape[1]}) written to {out}")

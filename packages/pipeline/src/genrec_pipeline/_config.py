@@ -46,6 +46,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "max_new_tokens": 384,
         "batch_size": 8,
         "users": 0,  # 0 = all
+        "dtype": "auto",  # local backend: auto (bf16 where the device computes it natively) | float32 | bfloat16 | float16
         "options": {},  # genrec_profiler.ProfilerConfig fields
     },
     "records": {
@@ -66,6 +67,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "model": "smollm2",  # the causal LM whose LoRA gradient norms score records
         "encoder": "default",  # sentence encoder for record embeddings
         "batch_size": 8,
+        "dtype": "auto",  # of the gradient-norm forward: auto | float32 | bfloat16 | float16
         "options": {},
     },
     "train": {"recipe": "", "options": {}},  # genrec_trainer.TrainConfig fields in options
@@ -226,6 +228,8 @@ def validate(config: RunConfig) -> None:
 
     _choice(config, "data", "source", ("synthetic", "files"))
     _choice(config, "profiles", "backend", ("local", "openai", "template"))
+    for table in ("profiles", "coreset"):
+        _choice(config, table, "dtype", ("auto", "float32", "bfloat16", "float16"))
     _choice(config, "records", "task", ("next_poi", "seqrec", "ctr"))
     task = config["records"]["task"]
     rec = config["records"]

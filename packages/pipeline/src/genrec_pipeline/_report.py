@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,11 @@ def verdict(metrics: Mapping[str, Mapping[str, Any]], model: str = "model") -> s
 
 
 def write_run_report(
-    config: RunConfig, run_dir: Path, artifacts: Mapping[str, Artifact], seconds: Mapping[str, float]
+    config: RunConfig,
+    run_dir: Path,
+    artifacts: Mapping[str, Artifact],
+    seconds: Mapping[str, float],
+    reused: Collection[str] = (),
 ) -> tuple[Path, str]:
     """Write ``<run_dir>/report.md`` (and the training-curve PNG); return it and a text summary."""
     lines_md = [f"# genrec run `{config.name}`", "", f"Config: `{config.source}`", ""]
@@ -123,12 +127,11 @@ def write_run_report(
     stage_rows = [["stage", "seconds", "output", "summary"]]
     for stage, art in artifacts.items():
         brief = ", ".join(f"{k}={v}" for k, v in art.summary.items() if not isinstance(v, dict | list))
-        took = (
-            "cached"
-            if seconds.get(stage, 0.0) == 0.0 and stage in seconds
-            else f"{seconds.get(stage, 0.0):.1f}"
-        )
-        if stage not in seconds:
+        if stage in reused:
+            took = "cached"
+        elif stage in seconds:
+            took = f"{seconds[stage]:.1f}"
+        else:
             took = "-"
         stage_rows.append([stage, took, str(art.path), brief])
     lines_md += ["## Stages", "", _md_table(stage_rows), ""]

@@ -200,6 +200,7 @@ def _call_stage(
             max_new_tokens=t["max_new_tokens"],
             batch_size=t["batch_size"],
             users=t["users"],
+            dtype=t["dtype"],
             seed=seed,
             options=t["options"],
             progress=progress,
@@ -228,6 +229,7 @@ def _call_stage(
             model=config.resolve(t["model"]),
             encoder=config.resolve(t["encoder"]),
             batch_size=t["batch_size"],
+            dtype=t["dtype"],
             seed=seed,
             options=t["options"],
             progress=progress,
@@ -277,6 +279,7 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, st.Artifact] = {}
     seconds: dict[str, float] = {}
+    reused: set[str] = set()
     index_path = run_dir / "run.json"
     for item in items:
         if item.action == "skip":
@@ -294,6 +297,7 @@ def run(
         if item.action == "reuse":
             artifacts[item.stage] = st.load_artifact(item.folder)
             seconds[item.stage] = 0.0
+            reused.add(item.stage)
             log.info("%s: reusing %s", item.stage, item.folder)
             continue
         start = time.perf_counter()
@@ -321,7 +325,7 @@ def run(
         write_json(index_path, index)
     from genrec_pipeline._report import write_run_report
 
-    report, summary = write_run_report(config, run_dir, artifacts, seconds)
+    report, summary = write_run_report(config, run_dir, artifacts, seconds, reused)
     return RunResult(
         run_dir=run_dir, plan=items, artifacts=artifacts, seconds=seconds, report=report, summary=summary
     )

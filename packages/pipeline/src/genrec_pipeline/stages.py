@@ -239,6 +239,7 @@ def profile(
     max_new_tokens: int = 384,
     batch_size: int = 8,
     users: int = 0,
+    dtype: str = "auto",
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -253,7 +254,7 @@ def profile(
     if backend == "local":
         from genrec_profiler import LocalBackend
 
-        client = LocalBackend(model=model, max_new_tokens=max_new_tokens, seed=seed)
+        client = LocalBackend(model=model, max_new_tokens=max_new_tokens, seed=seed, dtype=dtype)
     elif backend == "openai":
         client = OpenAIBackend(
             base_url=base_url or None,
@@ -489,6 +490,7 @@ def coreset(
     model: str = "smollm2",
     encoder: str = "default",
     batch_size: int = 8,
+    dtype: str = "auto",
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
@@ -519,7 +521,7 @@ def coreset(
             f"[coreset].budget {budget} asks for {n_select} records, but there are {train_records.height}"
         )
     feature_args = {"model": model, "encoder": None if encoder == "default" else encoder, "batch_size": batch_size,
-                    "seed": seed, "progress": progress}  # fmt: skip
+                    "seed": seed, "progress": progress, "dtype": dtype}  # fmt: skip
     if "max_length" in opts:
         feature_args["max_length"] = int(opts.pop("max_length"))
     feats = {}

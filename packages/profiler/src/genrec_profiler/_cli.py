@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--http-retries", type=int, default=4, help="openai: retries on 429/5xx/timeouts (default: 4)")
     gen.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default: 512)")
     gen.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy decoding")
+    gen.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                     help="local backend compute dtype (default auto: bfloat16 where the device computes it "
+                     "natively, else float32)")
     gen.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     gen.add_argument("--out", required=True, help="profiles parquet file")
@@ -81,7 +84,7 @@ def _client(args: argparse.Namespace) -> Any:
     from genrec_profiler._local import LocalBackend
 
     return LocalBackend(args.model, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                        temperature=args.temperature, seed=args.seed)
+                        temperature=args.temperature, seed=args.seed, dtype=args.dtype)
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -16,6 +16,26 @@ from genrec_profiler._models import resolve_model
 
 logger = logging.getLogger(__name__)
 
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _resolve_dtype(dtype: str, device: str) -> str:
+    """``auto``: bfloat16 where ``device`` computes it natively, else float32."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if str(device).startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if str(device) == "cpu":
+        cpu: Any = getattr(torch, "cpu", None)
+        try:
+            native = bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+        except AttributeError:  # an older torch without the probes
+            native = False
+        return "bfloat16" if native else "float32"
+    return "float32"
+
 
 class LocalBackend:
     """Generate with a local model (HF folder, ``.gguf`` file or ``"smollm2"``, the default).
@@ -26,7 +46,8 @@ class LocalBackend:
     sampling is seeded per batch from ``seed`` so a run is reproducible for the same batch layout.
     ``response_prefix`` is written as the start of the answer (default ``{"``): small models such as
     SmolLM2-135M otherwise often open with prose and a code fence. Use ``""`` to let the model start
-    freely.
+    freely. ``dtype="auto"`` computes in bfloat16 where the device does so natively (a GPU with bf16,
+    a CPU with AMX or AVX512-BF16: about twice as fast as float32 there), float32 otherwise.
     """
 
     backend = "local"
@@ -43,9 +64,12 @@ class LocalBackend:
         device: str = "cpu",
         context_length: int | None = None,
         response_prefix: str = '{"',
+        dtype: str = "auto",
     ) -> None:
         if max_new_tokens < 1:
             raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
+        if dtype not in _DTYPES:
+            raise ProfilerError(f"LocalBackend: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +83,8 @@ class LocalBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ProfilerError(f"model {path}: the tokenizer has no chat template")
-        self.lm = AutoModelForCausalLM.from_pretrained(str(path))
+        self.dtype = _resolve_dtype(dtype, device)
+        self.lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, self.dtype))
         self.lm.to(device)  # type: ignore[arg-type]
         self.lm.eval()
         self.device = device

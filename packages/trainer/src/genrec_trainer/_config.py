@@ -76,7 +76,7 @@ class TrainConfig:
     dtype: Dtype = field(
         default="auto",
         metadata={
-            "help": "dtype of the base weights and the compute: 'auto' is bfloat16 on a GPU, float32 on CPU"
+            "help": "dtype of the base weights and the compute: 'auto' is bfloat16 on a GPU, and on a CPU with native bf16 (AMX, AVX512-BF16) for single-process runs without quantisation; float32 otherwise"
         },
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})

@@ -128,11 +128,30 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def compute_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs whose matrix units compute bfloat16 natively (Intel AMX, AVX512-BF16)."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    try:
+        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())  # type: ignore[union-attr]
+    except AttributeError:  # an older torch without the probes
+        return False
+
+
+def compute_dtype(config: TrainConfig, device: torch.device, *, distributed: bool = False) -> torch.dtype:
+    """The dtype of the base weights and the compute.
+
+    ``auto`` is bfloat16 on a GPU that supports it, and on a CPU with native bfloat16 matrix units for
+    a single-process run without quantisation (about twice as fast as float32 there; the LoRA weights
+    and the optimizer stay float32); float32 otherwise.
+    """
     import torch
 
     if config.dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if device.type == "cpu" and not distributed and config.quantization == "none" and cpu_has_native_bf16():
             return torch.bfloat16
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
@@ -145,7 +164,7 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = compute_dtype(config, device)
+    dtype = compute_dtype(config, device, distributed=distributed)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if config.quantization == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(

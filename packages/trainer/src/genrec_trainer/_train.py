@@ -192,21 +192,43 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Any:
 
 
 def _token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Sum of next-token cross-entropy over target tokens (float32), and how many there are."""
+    """Sum of next-token cross-entropy over target tokens (float32), and how many there are.
+
+    Only the positions that predict a target token go through the LM head (``logits_to_keep``): in
+    recommendation records the completion is a few tokens after a long prompt, and the full
+    ``(batch, length, vocab)`` logits with their softmax would otherwise cost as much as a quarter of
+    the step. Models whose forward has no ``logits_to_keep`` get the full logits, sliced after.
+    """
     import torch.nn.functional as F
 
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits
-    shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
+    keep = (shift_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+    if _takes_logits_to_keep(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][:, keep]
+    kept_labels = shift_labels[:, keep]
     loss = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
+        logits.float().reshape(-1, logits.size(-1)),
+        kept_labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
-    return loss, int((shift_labels != IGNORE_INDEX).sum())
+    return loss, int((kept_labels != IGNORE_INDEX).sum())
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    import inspect
+
+    inner: Any = model
+    if hasattr(inner, "get_base_model"):  # peft: its forward passes keyword arguments through
+        inner = inner.get_base_model()
+    try:
+        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _n_targets(examples: Sequence[Example]) -> int:
@@ -450,6 +472,9 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
 
     torch.manual_seed(config.seed)
     model = load_model(model_path, config, device=device, distributed=dist_info.active)
+    if dist_info.main:
+        base_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad})
+        logger.info("base weights in %s on %s (dtype=%s)", "/".join(base_dtypes) or "-", device, config.dtype)
     if dist_info.active:
         model = _wrap_fsdp(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
