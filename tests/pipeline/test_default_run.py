@@ -52,5 +52,5 @@ def test_default_run_learns_and_reports(tmp_path: Path, capsys: pytest.CaptureFi
     metrics = json.loads(arts["evaluate"]["metrics"].read_text())
     assert {"model", "popularity", "markov"} <= set(metrics)
     assert 0.0 <= metrics["model"]["acc@1"] <= metrics["model"]["acc@5"] <= metrics["model"]["acc@10"] <= 1.0
-    report = (config.run_dir / "report.md").read_text()
-    assert "popularity" in report and (config.run_dir / "training_loss.png").is_file()
+    assert result.report == result.run_dir / "report.md"
+    assert "popularity" in result.report.read_text() and (result.run_dir / "training_loss.png").is_file()
