@@ -103,6 +103,7 @@ def test_train_throughput(benchmark, tmp_path: Path, name: str, steps: int, batc
         device="cpu",
         max_length=1024,
         truncation=True,
+        dtype="float32",  # like for like: the baseline trains in float32 ('auto' is bf16 on AMX CPUs)
     )
     result = benchmark.pedantic(train, args=(cfg,), rounds=1, iterations=1)
     benchmark.extra_info.update(

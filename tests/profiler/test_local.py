@@ -175,3 +175,30 @@ def test_dtype_auto_follows_the_hardware(tiny_model: Path, monkeypatch: pytest.M
     assert all(0 < r[2] <= 4 for r in backend.generate_texts([backend.render([{"role": "user", "content": "hi"}])]))
     with pytest.raises(ProfilerError, match="dtype"):
         LocalBackend(tiny_model, dtype="float64")
+
+
+def test_unpadded_prefill_matches_padded_generate(tiny_model: Path) -> None:
+    """Batches prefill prompt by prompt (no padding) into one left-padded cache, then decode together:
+    the same tokens as transformers' own padded batch, and a cache holding exactly the prompts."""
+    import torch
+    from transformers import GenerationConfig
+
+    from genrec_profiler import LocalBackend
+
+    backend = LocalBackend(tiny_model, max_new_tokens=10, dtype="float32")
+    prompts = [backend.render([{"role": "user", "content": text}]) for text in
+               ["a", "At 2012-04-03 user 12 visited POI id 7 which is a/an Coffee Shop near the park", "traits"]]
+    enc = backend.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        cache = backend._prefill(dict(enc))
+    assert cache is not None and cache.get_seq_length() == enc["input_ids"].shape[1] - 1
+    ours = [r[0] for r in backend.generate_texts(prompts)]
+    gen = GenerationConfig(max_new_tokens=10, do_sample=False, pad_token_id=backend.tokenizer.pad_token_id,
+                           eos_token_id=backend.tokenizer.eos_token_id)
+    with torch.inference_mode():
+        plain = backend.lm.generate(**enc, generation_config=gen)
+    eos = backend.tokenizer.eos_token_id
+    ref = []
+    for row in plain[:, enc["input_ids"].shape[1] :].tolist():
+        ref.append(backend.tokenizer.decode(row[: row.index(eos)] if eos in row else row, skip_special_tokens=True))
+    assert ours == ref

@@ -127,6 +127,16 @@ def _gathered_objective(
     return torch.as_tensor(res.cost).reshape(-1).double()
 
 
+def _kth_smallest(x: torch.Tensor, r: int) -> torch.Tensor:
+    """The ``r``-th smallest value of each row: ``topk`` for small ``r`` (a partial sort, about 4x faster
+    than ``kthvalue`` at ``r`` = 5 on the CPU), ``kthvalue`` otherwise. Both give the same value."""
+    import torch
+
+    if r <= 64:
+        return torch.topk(x, r, dim=1, largest=False).values[:, -1]
+    return torch.kthvalue(x, r, dim=1).values
+
+
 def _insertion_scores(
     cost: torch.Tensor, g: torch.Tensor, members: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,9 +151,11 @@ def _insertion_scores(
     g32 = g.to(cost.dtype)
     for lo in range(0, n, step):
         red = cost[lo : lo + step] - g32[None, :]
-        p = torch.topk(red, r, dim=1, largest=False).values[:, -1]
-        phi[lo : lo + step] = p.double()
-        gain[lo : lo + step] = p.double() / k + red.sub_(p[:, None]).clamp_(max=0).sum(1, dtype=torch.float64) / m
+        low = torch.topk(red, r, dim=1, largest=False).values.double()  # the r smallest, ascending
+        p = low[:, -1]
+        phi[lo : lo + step] = p
+        # sum_j min(red_j - p, 0) only has terms among the r smallest (the rest are >= p).
+        gain[lo : lo + step] = p / k + (low - p[:, None]).sum(1) / m
     gain[members] = float("inf")
     return phi, gain
 
@@ -210,7 +222,7 @@ def refine_swaps(
             base = f.sum() / k
             for a in range(in_pos.numel()):
                 diff = c_out - best_loo[a][None, :]
-                p = torch.kthvalue(diff, r_cap, dim=1).values
+                p = _kth_smallest(diff, r_cap)
                 col = torch.minimum(best_loo[a][None, :], c_out - p[:, None]).sum(dim=1) / m
                 bounds[a] = base - f[in_pos[a]] / k + p / k + col
                 phis[a] = p

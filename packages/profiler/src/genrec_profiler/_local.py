@@ -19,6 +19,66 @@ logger = logging.getLogger(__name__)
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def _growing_cache() -> Any:
+    """A transformers KV cache whose layers grow by doubling a buffer instead of ``torch.cat``.
+
+    Appending a decoded token to a ``DynamicLayer`` copies the whole cache of that layer; here it
+    writes one slot of a buffer with room to spare (the keys and values handed to attention are views
+    of the filled part). ``None`` with a transformers that has no layered ``Cache``.
+    """
+    layer_cls = _growing_layer_class()
+    if layer_cls is None:
+        return None
+    from transformers.cache_utils import Cache
+
+    return Cache(layer_class_to_replicate=layer_cls)
+
+
+_GROWING_LAYER: Any = None
+
+
+def _growing_layer_class() -> Any:
+    global _GROWING_LAYER
+    if _GROWING_LAYER is not None:
+        return _GROWING_LAYER or None
+    try:
+        from transformers.cache_utils import Cache, DynamicLayer  # noqa: F401 - both needed
+    except ImportError:
+        _GROWING_LAYER = False
+        return None
+
+    class GrowingLayer(DynamicLayer):  # type: ignore[misc,valid-type]
+        def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self._k: Any = None
+            self._v: Any = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.keys.shape[-2] if self.keys.numel() else 0
+            buf = self._k
+            if buf is not None and (self.keys.data_ptr() != buf.data_ptr() or self.keys.shape[:-2] != buf.shape[:-2]):
+                buf = None  # replaced from outside (crop, reorder, repeat): start a buffer from it
+            need = n + key_states.shape[-2]
+            if buf is None or need > buf.shape[-2]:
+                cap = max(need + 256, 2 * (buf.shape[-2] if buf is not None else 0))
+                k = key_states.new_empty((*key_states.shape[:-2], cap, key_states.shape[-1]))
+                v = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
+                if n:
+                    k[..., :n, :].copy_(self.keys)
+                    v[..., :n, :].copy_(self.values)
+                self._k, self._v = k, v
+            self._k[..., n:need, :].copy_(key_states)
+            self._v[..., n:need, :].copy_(value_states)
+            self.keys = self._k[..., :need, :]
+            self.values = self._v[..., :need, :]
+            return self.keys, self.values
+
+    _GROWING_LAYER = GrowingLayer
+    return GrowingLayer
+
+
 def _resolve_dtype(dtype: str, device: str) -> str:
     """``auto``: bfloat16 where ``device`` computes it natively, else float32."""
     if dtype != "auto":
@@ -95,6 +155,11 @@ class LocalBackend:
         self.seed = seed
         self.response_prefix = response_prefix
         self._batches = 0
+        # The prefill reads no logits but the last position's (see _prefill).
+        import inspect
+
+        takes = "logits_to_keep" in inspect.signature(type(self.lm).forward).parameters
+        self._last_logits: dict[str, int] = {"logits_to_keep": 1} if takes else {}
         self.context_length = context_length or int(
             getattr(self.lm.config, "max_position_embeddings", 0) or 2048
         )
@@ -133,7 +198,9 @@ class LocalBackend:
             torch.manual_seed(self.seed + self._batches)
         self._batches += 1
         with torch.inference_mode():
-            output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen))  # type: ignore[misc]
+            cache = self._prefill(enc) if len(prompts) > 1 else _growing_cache()
+            extra = {} if cache is None else {"past_key_values": cache}
+            output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen), **extra)  # type: ignore[misc]
         new = output[:, enc["input_ids"].shape[1] :]
         results = []
         for row, mask in zip(new, enc["attention_mask"]):
@@ -147,6 +214,40 @@ class LocalBackend:
             text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             results.append((text, int(mask.sum()), n_out, finish))
         return results
+
+    def _prefill(self, enc: dict[str, Any]) -> Any:
+        """The batch's KV cache, each prompt (but its last token) run through the model alone.
+
+        A padded batch prefills ``batch x longest prompt`` positions; prompt by prompt it is only the
+        real tokens, at the same speed per token (the matrices are already large). The caches are then
+        laid side by side, left-padded, so that ``generate`` starts from them and decodes the whole
+        batch at once (the padding slots are masked). ``None`` where this does not apply: a model
+        with sliding-window layers, or a prompt of a single token.
+        """
+        config = self.lm.config
+        if getattr(config, "sliding_window", None) or "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+            return None
+        mask = enc["attention_mask"]
+        lengths = [int(n) for n in mask.sum(dim=1)]
+        if min(lengths) < 2 or _growing_cache() is None:
+            return None
+        width = mask.shape[1] - 1
+        per = []
+        for row, n in zip(enc["input_ids"], lengths):
+            cache = _growing_cache()
+            ids = row[row.shape[0] - n : -1].unsqueeze(0)
+            self.lm(input_ids=ids, past_key_values=cache, use_cache=True, **self._last_logits)
+            per.append(cache)
+        merged = _growing_cache()
+        for layer in range(len(per[0].layers)):
+            first = per[0].layers[layer].keys
+            keys = first.new_zeros((len(per), first.shape[1], width, first.shape[3]))
+            values = keys.clone()
+            for b, (cache, n) in enumerate(zip(per, lengths)):
+                keys[b, :, width - (n - 1) :] = cache.layers[layer].keys[0]
+                values[b, :, width - (n - 1) :] = cache.layers[layer].values[0]
+            merged.update(keys, values, layer)
+        return merged
 
     def complete(self, requests: Sequence[ProfileRequest]) -> list[Completion]:
         if not requests:
