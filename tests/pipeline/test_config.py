@@ -64,6 +64,15 @@ def test_set_overrides_and_errors() -> None:
         load_config(overrides={"run.nam": "1"})
 
 
+def test_model_dtype_is_checked_up_front() -> None:
+    assert load_config()["profiles"]["dtype"] == load_config()["coreset"]["dtype"] == "auto"
+    config = load_config(overrides={"profiles.dtype": '"float32"', "coreset.dtype": '"bfloat16"'})
+    assert (config["profiles"]["dtype"], config["coreset"]["dtype"]) == ("float32", "bfloat16")
+    for table in ("profiles", "coreset"):
+        with pytest.raises(PipelineError, match=rf"\[{table}\].dtype must be one of auto, float32"):
+            load_config(overrides={f"{table}.dtype": '"float64"'})
+
+
 def test_missing_config_file_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err.strip()
