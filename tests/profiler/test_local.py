@@ -202,3 +202,21 @@ def test_unpadded_prefill_matches_padded_generate(tiny_model: Path) -> None:
     for row in plain[:, enc["input_ids"].shape[1] :].tolist():
         ref.append(backend.tokenizer.decode(row[: row.index(eos)] if eos in row else row, skip_special_tokens=True))
     assert ours == ref
+
+
+def test_sliding_window_models_keep_transformers_cache(tiny_model: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from genrec_profiler import LocalBackend
+
+    folder = tmp_path / "sliding"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 4096}))
+    backend = LocalBackend(folder, max_new_tokens=6, dtype="float32")
+    assert backend._own_cache is False
+    plain = LocalBackend(tiny_model, max_new_tokens=6, dtype="float32")
+    assert plain._own_cache is True
+    prompts = [plain.render([{"role": "user", "content": t}]) for t in ("hi", "POI id 7 which is a/an Coffee Shop")]
+    assert [r[0] for r in backend.generate_texts(prompts)] == [r[0] for r in plain.generate_texts(prompts)]

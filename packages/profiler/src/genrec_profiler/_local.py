@@ -160,6 +160,13 @@ class LocalBackend:
 
         takes = "logits_to_keep" in inspect.signature(type(self.lm).forward).parameters
         self._last_logits: dict[str, int] = {"logits_to_keep": 1} if takes else {}
+        # Our cache layers attend to everything before them: models with sliding-window layers keep
+        # transformers' own cache (and its masks).
+        config = self.lm.config
+        sliding = getattr(config, "sliding_window", None) or "sliding_attention" in (
+            getattr(config, "layer_types", None) or ()
+        )
+        self._own_cache = not sliding
         self.context_length = context_length or int(
             getattr(self.lm.config, "max_position_embeddings", 0) or 2048
         )
@@ -198,7 +205,9 @@ class LocalBackend:
             torch.manual_seed(self.seed + self._batches)
         self._batches += 1
         with torch.inference_mode():
-            cache = self._prefill(enc) if len(prompts) > 1 else _growing_cache()
+            cache = None
+            if self._own_cache:
+                cache = self._prefill(enc) if len(prompts) > 1 else _growing_cache()
             extra = {} if cache is None else {"past_key_values": cache}
             output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen), **extra)  # type: ignore[misc]
         new = output[:, enc["input_ids"].shape[1] :]
@@ -221,12 +230,8 @@ class LocalBackend:
         A padded batch prefills ``batch x longest prompt`` positions; prompt by prompt it is only the
         real tokens, at the same speed per token (the matrices are already large). The caches are then
         laid side by side, left-padded, so that ``generate`` starts from them and decodes the whole
-        batch at once (the padding slots are masked). ``None`` where this does not apply: a model
-        with sliding-window layers, or a prompt of a single token.
+        batch at once (the padding slots are masked). ``None`` for a prompt of a single token.
         """
-        config = self.lm.config
-        if getattr(config, "sliding_window", None) or "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-            return None
         mask = enc["attention_mask"]
         lengths = [int(n) for n in mask.sum(dim=1)]
         if min(lengths) < 2 or _growing_cache() is None:
