@@ -279,13 +279,15 @@ def _takes_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def native_dtype(dtype: str, device: Any) -> torch.dtype:
-    """``dtype`` as a torch dtype; ``auto`` is bfloat16 where ``device`` computes it natively (a GPU
-    with bf16, a CPU with AMX or AVX512-BF16), float32 otherwise."""
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _lm_dtype(dtype: str, device: Any) -> torch.dtype:
+    """``dtype`` (one of ``_DTYPES``, checked by the caller) as a torch dtype; ``auto`` is bfloat16
+    where ``device`` computes it natively (a GPU with bf16, a CPU with AMX or AVX512-BF16), float32
+    otherwise."""
     import torch
 
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise OtCoresetError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
     if dtype != "auto":
         return getattr(torch, dtype)  # type: ignore[no-any-return]
     kind = torch.device(device).type
@@ -355,8 +357,8 @@ def compute_features(
         raise OtCoresetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if max_length < 2:
         raise OtCoresetError(f"max_length must be >= 2, got {max_length!r}")
-    if dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise OtCoresetError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    if dtype not in _DTYPES:
+        raise OtCoresetError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     df = _records_frame(records)  # bad input fails before the heavy imports
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
@@ -365,7 +367,7 @@ def compute_features(
     from genrec_otcoreset._cost import resolve_device
 
     dev = resolve_device(device)
-    lm_dtype = native_dtype(dtype, dev)
+    lm_dtype = _lm_dtype(dtype, dev)
     prompts = df["prompt"].to_list()
     completions = df["completion"].to_list()
     enc_name = resolve_encoder(encoder)

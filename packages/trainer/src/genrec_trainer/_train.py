@@ -9,6 +9,7 @@ count locally, and ``batch_size * grad_accum * world_size`` records form one ste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -220,13 +221,19 @@ def _token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 
 
 def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    import inspect
-
     inner: Any = model
     if hasattr(inner, "get_base_model"):  # peft: its forward passes keyword arguments through
         inner = inner.get_base_model()
+    return _forward_takes_logits_to_keep(type(inner))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    """Once per model class (this is asked on every step)."""
+    import inspect
+
     try:
-        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         return False
 
