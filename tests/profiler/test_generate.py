@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -243,3 +244,23 @@ def test_template_on_the_real_nyc_slice(nyc: Any, tmp_path: Path) -> None:
     assert stats.status["ok"] == len(users)
     assert sum(stats.attributes["age"].values()) == pytest.approx(1.0)
     assert set(stats.traits) == {"extraversion", "agreeableness", "conscientiousness", "neuroticism", "openness"}
+
+
+def test_digests_come_in_first_appearance_order_whatever_the_hash_seed(tmp_path: Path) -> None:
+    """The digests (and so the users the bench and the CLI take first) do not depend on PYTHONHASHSEED
+    or on how polars happens to group: they follow the check-ins' first appearance of each user."""
+    code = (
+        "from genrec_sftdata import prepare, synthesize_city\n"
+        "from genrec_profiler._digest import compute_digests\n"
+        "train = prepare(synthesize_city(n_users=60, seed=3)).train\n"
+        "print(','.join(compute_digests(train)))\n"
+        "print(','.join(dict.fromkeys(train['user_id'].cast(str).to_list())))\n"
+    )
+    outs = []
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+        order, appearance = out.stdout.strip().splitlines()
+        assert order == appearance
+        outs.append(order)
+    assert len(set(outs)) == 1

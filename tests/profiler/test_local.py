@@ -220,3 +220,33 @@ def test_sliding_window_models_keep_transformers_cache(tiny_model: Path, tmp_pat
     assert plain._own_cache is True
     prompts = [plain.render([{"role": "user", "content": t}]) for t in ("hi", "POI id 7 which is a/an Coffee Shop")]
     assert [r[0] for r in backend.generate_texts(prompts)] == [r[0] for r in plain.generate_texts(prompts)]
+
+
+def test_packed_bf16_linears_compute_what_plain_linears_do(tiny_model: Path) -> None:
+    """bf16 on the CPU swaps nn.Linear for oneDNN linears with prepacked weights: the logits stay as
+    close to a float64 reference as the plain bf16 model's, for a decode-sized and a prompt-sized input."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from genrec_profiler import LocalBackend
+    from genrec_profiler._local import _pack_linears
+
+    plain = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.bfloat16).eval()
+    packed = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.bfloat16).eval()
+    exact = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float64).eval()
+    n = _pack_linears(packed)
+    if n == 0:
+        pytest.skip("this CPU or torch has no oneDNN bf16 weight packing")
+    assert n == sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    torch.manual_seed(1)
+    for shape in ((8, 1), (2, 37)):
+        ids = torch.randint(3, plain.config.vocab_size, shape)
+        with torch.inference_mode():
+            ref = exact(input_ids=ids).logits
+            err_plain = (plain(input_ids=ids).logits.double() - ref).abs().max()
+            err_packed = (packed(input_ids=ids).logits.double() - ref).abs().max()
+        assert err_packed <= 1.5 * err_plain + 1e-3, (shape, float(err_packed), float(err_plain))
+    backend = LocalBackend(tiny_model, max_new_tokens=4, dtype="bfloat16")
+    assert backend.packed_linears == n
+    assert LocalBackend(tiny_model, max_new_tokens=4, dtype="float32").packed_linears == 0

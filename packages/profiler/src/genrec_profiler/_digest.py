@@ -81,7 +81,7 @@ def compute_digests(train: pl.DataFrame) -> dict[str, UserDigest]:
         hour=pl.col("local_time").dt.hour(),
         weekday=pl.col("local_time").dt.weekday(),  # 1 = Monday
     )
-    base = frame.group_by("user_id").agg(
+    base = frame.group_by("user_id", maintain_order=True).agg(
         n_checkins=pl.len(),
         n_pois=pl.col("poi_id").n_unique(),
         n_categories=pl.col("category_name").n_unique(),
