@@ -58,8 +58,12 @@ def _growing_layer_class() -> Any:
                 self.lazy_initialization(key_states, value_states)
             n = self.keys.shape[-2] if self.keys.numel() else 0
             buf = self._k
-            if buf is not None and (self.keys.data_ptr() != buf.data_ptr() or self.keys.shape[:-2] != buf.shape[:-2]):
-                buf = None  # replaced from outside (crop, reorder, repeat): start a buffer from it
+            # Replaced from outside (crop, reorder, repeat): start a new buffer from what is there.
+            # (An empty view has no data pointer to compare: only its shape can disagree.)
+            if buf is not None and (
+                self.keys.shape[:-2] != buf.shape[:-2] or (n and self.keys.data_ptr() != buf.data_ptr())
+            ):
+                buf = None
             need = n + key_states.shape[-2]
             if buf is None or need > buf.shape[-2]:
                 cap = max(need + 256, 2 * (buf.shape[-2] if buf is not None else 0))
@@ -79,13 +83,26 @@ def _growing_layer_class() -> Any:
     return GrowingLayer
 
 
+def _view_layer(layer_cls: Any, keys: Any, values: Any, *, filled: int = 0) -> Any:
+    """A growing cache layer whose buffer is ``keys``/``values`` (views are fine), ``filled`` slots used."""
+    layer = layer_cls()
+    layer.lazy_initialization(keys[..., :0, :], values[..., :0, :])
+    layer._k, layer._v = keys, values
+    layer.keys, layer.values = keys[..., :filled, :], values[..., :filled, :]
+    return layer
+
+
+# Inputs of at most this many rows (a decode step of a batch) use the packed weights.
+_PACKED_MAX_ROWS = 64
+
+
 def _pack_linears(lm: Any) -> int:
     """Swap the bfloat16 ``nn.Linear`` layers of ``lm`` for oneDNN ones with prepacked weights (CPU).
 
     A plain bf16 linear on the CPU repacks its weight for the matrix engine (AMX) at every call once
     more than one row comes in: a decode step at batch 8 then costs about twice batch 1 in the
     linears (130 us against 57 us for a 576 x 1536 layer). Packed once, the weight serves any number
-    of rows at the batch-1 price (55-65 us), and long prefills a little faster. The results are the
+    of rows at the batch-1 price (55-65 us); prompts keep the plain path. The results are the
     same numbers (the same oneDNN kernels; checked here on each layer's first use against
     ``F.linear`` and in the tests). Inference only: the packed layers have no gradient. Returns how
     many layers were packed (0 where this torch has no oneDNN packing or the check fails).
@@ -104,13 +121,19 @@ def _pack_linears(lm: Any) -> int:
         def __init__(self, linear: torch.nn.Linear) -> None:
             super().__init__()
             self.in_features, self.out_features = linear.in_features, linear.out_features
-            # 8 rows is the blocking hint; measured as fast as batch-1 packing at 1 row, and for
-            # prompts of hundreds of tokens.
+            self.weight = linear.weight
+            self.bias = linear.bias
+            # 8 rows is the blocking hint; measured as fast as batch-1 packing at 1 row.
             self.packed = reorder(linear.weight.detach(), 8)
-            self.bias = None if linear.bias is None else linear.bias.detach()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
+            # Decode steps (a few rows) take the packed weight; prompts (hundreds of rows) keep the
+            # plain path, which the packed one is erratic against there (up to 2x slower at some
+            # lengths with 2 threads).
+            if x.numel() > _PACKED_MAX_ROWS * self.in_features:
+                return torch.nn.functional.linear(x, self.weight, self.bias)
+            bias = None if self.bias is None else self.bias.detach()
+            return pointwise(x.contiguous(), self.packed, bias, "none", [], "")
 
     targets = [
         (name, mod) for name, mod in lm.named_modules()
@@ -288,30 +311,47 @@ class LocalBackend:
         """The batch's KV cache, each prompt (but its last token) run through the model alone.
 
         A padded batch prefills ``batch x longest prompt`` positions; prompt by prompt it is only the
-        real tokens, at the same speed per token (the matrices are already large). The caches are then
-        laid side by side, left-padded, so that ``generate`` starts from them and decodes the whole
-        batch at once (the padding slots are masked). ``None`` for a prompt of a single token.
+        real tokens, at the same speed per token (the matrices are already large). Each prompt writes
+        its keys and values straight into its row of one left-padded buffer per layer, sized for the
+        whole generation, so that ``generate`` decodes the batch from it without another copy or
+        allocation (fresh multi-megabyte buffers cost page faults that, on a small VM, took longer
+        than the copies themselves). ``None`` for a prompt of a single token.
         """
         mask = enc["attention_mask"]
         lengths = [int(n) for n in mask.sum(dim=1)]
-        if min(lengths) < 2 or _growing_cache() is None:
+        layer_cls = _growing_layer_class()
+        if min(lengths) < 2 or layer_cls is None:
             return None
         width = mask.shape[1] - 1
-        per = []
-        for row, n in zip(enc["input_ids"], lengths):
+        capacity = width + self.max_new_tokens + 1
+        rows = enc["input_ids"]
+        # The first prompt in a cache of its own: it tells the layers' shapes.
+        first = _growing_cache()
+        n0 = lengths[0]
+        self.lm(input_ids=rows[0, rows.shape[1] - n0 : -1].unsqueeze(0), past_key_values=first, use_cache=True,
+                **self._last_logits)
+        buffers = []
+        for layer in first.layers:
+            k = layer.keys.new_zeros((len(lengths), layer.keys.shape[1], capacity, layer.keys.shape[3]))
+            v = layer.values.new_zeros((len(lengths), layer.values.shape[1], capacity, layer.values.shape[3]))
+            k[0, :, width - (n0 - 1) : width] = layer.keys[0]
+            v[0, :, width - (n0 - 1) : width] = layer.values[0]
+            buffers.append((k, v))
+        del first
+        for b in range(1, len(lengths)):
+            n = lengths[b]
             cache = _growing_cache()
-            ids = row[row.shape[0] - n : -1].unsqueeze(0)
-            self.lm(input_ids=ids, past_key_values=cache, use_cache=True, **self._last_logits)
-            per.append(cache)
+            cache.layers = [
+                _view_layer(layer_cls, k[b : b + 1, :, width - (n - 1) : width], v[b : b + 1, :, width - (n - 1) : width])
+                for k, v in buffers
+            ]
+            self.lm(input_ids=rows[b, rows.shape[1] - n : -1].unsqueeze(0), past_key_values=cache, use_cache=True,
+                    **self._last_logits)
+            for layer, (k, _) in zip(cache.layers, buffers):
+                if layer.keys.shape[-2] != n - 1 or layer.keys.data_ptr() != k[b, :, width - (n - 1)].data_ptr():
+                    raise ProfilerError("prefill: a layer did not write into its batch buffer")  # pragma: no cover
         merged = _growing_cache()
-        for layer in range(len(per[0].layers)):
-            first = per[0].layers[layer].keys
-            keys = first.new_zeros((len(per), first.shape[1], width, first.shape[3]))
-            values = keys.clone()
-            for b, (cache, n) in enumerate(zip(per, lengths)):
-                keys[b, :, width - (n - 1) :] = cache.layers[layer].keys[0]
-                values[b, :, width - (n - 1) :] = cache.layers[layer].values[0]
-            merged.update(keys, values, layer)
+        merged.layers = [_view_layer(layer_cls, k, v, filled=width) for k, v in buffers]
         return merged
 
     def complete(self, requests: Sequence[ProfileRequest]) -> list[Completion]:
