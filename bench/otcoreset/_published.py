@@ -15,14 +15,15 @@ KDD 2025), with its quirks kept on purpose because they are what we compare agai
   ``max_iters`` accepted swaps or when no pair improves.
 
 The only departures: CPU tensors instead of ``.cuda()`` (this machine has no GPU), no prints, plots
-or files, and the EMD iteration cap raised when 300,000 is not enough to converge (the release would
-silently use a non-optimal value).
+or files, the EMD iteration cap raised when 300,000 is not enough to converge (the release would
+silently use a non-optimal value), and an optional wall-time limit for the harness.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
 import warnings
 
 import numpy as np
@@ -110,8 +111,14 @@ def pruning(cost: torch.Tensor, sel: list[int], x_star: torch.Tensor, cut_num: i
     return [int(i) for i in inner], [int(o) for o in outer]
 
 
-def refine(cost: np.ndarray, sel: list[int], max_iters: int = 100, cut_num: int = 30) -> tuple[list[int], list[float], int]:
-    """The swap stage; returns the selection, the POO after each accepted swap and the EMDs spent."""
+def refine(
+    cost: np.ndarray, sel: list[int], max_iters: int = 100, cut_num: int = 30, deadline: float | None = None
+) -> tuple[list[int], list[float], int]:
+    """The swap stage; returns the selection, the POO after each accepted swap and the EMDs spent.
+
+    ``deadline`` (a ``time.perf_counter()`` value, not in the release) stops it before the next EMD
+    once passed: a benchmark harness limit, for problems where it would run for hours.
+    """
     sel = list(sel)
     iters = 0
     value, x_star = compute_ot(cost, sel)
@@ -122,6 +129,8 @@ def refine(cost: np.ndarray, sel: list[int], max_iters: int = 100, cut_num: int 
         improved = False
         inner, outer = pruning(cost_t, sel, torch.from_numpy(x_star), cut_num)
         for i, o in itertools.product(inner, outer):
+            if deadline is not None and time.perf_counter() > deadline:
+                return sel, trace, n_emd
             trial = sel.copy()
             trial.remove(i)
             trial.append(o)
@@ -149,8 +158,11 @@ def published_select(
     lam: float = 0.1,
     max_iters: int = 100,
     cut_num: int = 30,
+    time_limit: float | None = None,
 ) -> tuple[list[int], list[float], int]:
-    """Algorithm 1 of the release end to end: cost, greedy, refinement."""
+    """Algorithm 1 of the release end to end: cost, greedy, refinement (stopped once ``time_limit``
+    seconds have passed since the start, if given)."""
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
     cost = published_cost(embeddings, grad_norms, val_embeddings, lam)
     init = greedy(cost, budget)
-    return refine(cost, init, max_iters=max_iters, cut_num=cut_num)
+    return refine(cost, init, max_iters=max_iters, cut_num=cut_num, deadline=deadline)
