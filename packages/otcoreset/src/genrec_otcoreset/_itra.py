@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from genrec_otcoreset._cost import ExactSolution, chunk_rows, solve_exact
+from genrec_otcoreset._cost import ExactSolution, _rows_float64, chunk_rows, solve_exact
 from genrec_otcoreset._ssp import FlowState, SwapResult, dual_gap, from_plan, swap
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ class _Current:
     def _load(self, sel: np.ndarray, sol: ExactSolution) -> None:
         self.sel = sel
         self.sol = sol
-        self.flow: FlowState | None = from_plan(_rows32(self.cost_matrix, sel), sol.plan, sol.f, sol.g)
+        self.flow: FlowState | None = from_plan(_rows_float64(self.cost_matrix, sel), sol.plan, sol.f, sol.g)
         self.poo = sol.cost
         # The duals are the network simplex's own (exact), not yet moved by shortest-path updates.
         self.simplex = True
@@ -284,7 +284,7 @@ class _Current:
         trial_sel = self.sel.copy()
         trial_sel[pos] = row
         if self.flow is not None:
-            result = swap(self.flow, pos, _rows32(self.cost_matrix, [row])[0])
+            result = swap(self.flow, pos, _rows_float64(self.cost_matrix, [row])[0])
             return result.poo, (trial_sel, result)
         sol = solve_exact(self.cost_matrix, trial_sel, init=(f0, self.sol.g))
         return sol.cost, (trial_sel, sol)
@@ -299,13 +299,6 @@ class _Current:
             self.simplex = False
         else:
             self._load(trial_sel, state)
-
-
-def _rows32(cost: torch.Tensor, indices: object) -> np.ndarray:
-    import torch
-
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=cost.device)
-    return np.ascontiguousarray(cost[idx].float().cpu().numpy())
 
 
 def refine_swaps(
