@@ -264,3 +264,35 @@ def test_digests_come_in_first_appearance_order_whatever_the_hash_seed(tmp_path:
         assert order == appearance
         outs.append(order)
     assert len(set(outs)) == 1
+
+
+def test_padding_backends_get_batches_of_similar_prompt_length(city: Any, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend that pads its batches gets each window of users regrouped by prompt length (the
+    shortest prompts together); every user still gets exactly one row. Others keep the users' order."""
+    import genrec_profiler._generate as gen
+
+    class Recording(TemplateBackend):
+        def __init__(self, pads: bool) -> None:
+            self.pads_batches, self.batches = pads, []
+
+        def complete(self, requests: Sequence[Any]) -> list[Any]:
+            self.batches.append([(r.user_id, sum(self.count_tokens([m["content"] for m in r.messages])))
+                                 for r in requests])
+            return super().complete(requests)
+
+    monkeypatch.setattr(gen, "_SORT_WINDOW", 2)  # windows of 2 batches of 3 users
+    users = city.train["user_id"].unique(maintain_order=True).cast(pl.String).to_list()[:10]
+    config = ProfilerConfig(user_ids=tuple(users), batch_size=3, max_checkins=None)
+    padded, plain = Recording(True), Recording(False)
+    for client, name in ((padded, "a"), (plain, "b")):
+        result = generate_profiles(city, client=client, out=tmp_path / f"{name}.parquet", config=config)
+        table = pl.read_parquet(result.path)
+        assert sorted(table["user_id"].to_list()) == sorted(users) and table.height == 10
+    assert [u for b in plain.batches for u, _ in b] == users
+    assert [len(b) for b in padded.batches] == [3, 3, 3, 1]
+    for window, expected in ((padded.batches[0] + padded.batches[1], users[:6]),
+                             (padded.batches[2] + padded.batches[3], users[6:])):
+        assert sorted(u for u, _ in window) == sorted(expected)  # the same users, by prompt length
+        assert [n for _, n in window] == sorted(n for _, n in window)
+    assert len({n for _, n in padded.batches[0] + padded.batches[1]}) > 1  # the prompts do differ

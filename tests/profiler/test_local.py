@@ -250,3 +250,91 @@ def test_packed_bf16_linears_compute_what_plain_linears_do(tiny_model: Path) -> 
     backend = LocalBackend(tiny_model, max_new_tokens=4, dtype="bfloat16")
     assert backend.packed_linears == n
     assert LocalBackend(tiny_model, max_new_tokens=4, dtype="float32").packed_linears == 0
+
+
+def _reference_rows(backend: Any, prompts: list[str], max_new: int, stop: set[int]) -> list[list[int]]:
+    """transformers' own padded ``generate`` (greedy): each row's tokens up to its first stop id."""
+    import torch
+    from transformers import GenerationConfig
+
+    enc = backend.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    gen = GenerationConfig(max_new_tokens=max_new, do_sample=False, pad_token_id=backend.tokenizer.pad_token_id,
+                           eos_token_id=sorted(stop))
+    with torch.inference_mode():
+        out = backend.lm.generate(**enc, generation_config=gen)[:, enc["input_ids"].shape[1] :].tolist()
+    return [row[: next((i for i, t in enumerate(row) if t in stop), len(row))] for row in out]
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with weights 15x larger: its output depends on the whole context and on the
+    positions (the default small init mostly repeats what the last token suggests), so a wrong cache
+    row or position changes the tokens."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("sharp-llama")
+    shutil.copytree(tiny_model, folder, dirs_exist_ok=True)
+    config = LlamaConfig.from_pretrained(folder)
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_rows_leave_the_batch_when_they_stop(sharp_model: Path) -> None:
+    """Our decoding loop drops a row from the batch (and padding no row needs) as soon as it stops:
+    every row's tokens still equal transformers' padded ``generate``, whichever rows stop first."""
+    from genrec_profiler import LocalBackend
+
+    backend = LocalBackend(sharp_model, max_new_tokens=14, dtype="float32")
+    texts = ["a", "At 2012-04-03 user 12 visited POI id 7 which is a/an Coffee Shop near the park, twice",
+             "traits", "POI id 9 which is a/an Bar"]
+    prompts = [backend.render([{"role": "user", "content": t}]) for t in texts]
+    free = _reference_rows(backend, prompts, 14, set())
+    longest = max(range(len(texts)), key=lambda i: len(prompts[i]))
+    # Stop tokens taken from the rows' own greedy outputs, each in some rows and not in others, so that
+    # rows stop at different steps; the row with the longest prompt (it sets the padding) first.
+    seen = [set(row) for row in free]
+    tokens = [t for row in [free[longest], *free] for t in row]
+    candidates = [t for t in dict.fromkeys(tokens) if 0 < sum(t in s for s in seen) < len(seen)]
+    assert candidates, free
+    checked = 0
+    for stop_token in candidates[:3]:
+        stop = {stop_token}
+        ref = _reference_rows(backend, prompts, 14, stop)
+        backend._stop_ids = stop
+        ours = backend.generate_texts(prompts)
+        expected = [(backend.tokenizer.decode(r, skip_special_tokens=True), len(r) + (len(r) < 14),
+                     "stop" if len(r) < 14 else "length") for r in ref]
+        assert [(o[0], o[2], o[3]) for o in ours] == expected, stop_token
+        checked += any(len(r) < 14 for r in ref) and any(len(r) == 14 for r in ref)
+    assert checked, "no stop token made some rows stop while others ran to the limit"
+
+
+def test_top_p_sampling_draws_from_the_nucleus() -> None:
+    """``_pick`` samples from the smallest set of most likely tokens whose probabilities reach
+    top_p, renormalised (checked against frequencies of 40,000 draws), and top_p -> 0 is greedy."""
+    import numpy as np
+    import torch
+
+    from genrec_profiler._local import LocalBackend
+
+    backend = LocalBackend.__new__(LocalBackend)
+    backend._torch = torch
+    backend.do_sample, backend.temperature, backend.top_p = True, 0.8, 0.7
+    logits = torch.tensor([[2.0, 0.5, 1.5, -1.0, 1.0, 0.0]]).repeat(40_000, 1)
+    draws = backend._pick(logits, torch.Generator().manual_seed(0)).numpy()
+    p = np.exp(logits[0].double().numpy() / 0.8)
+    p /= p.sum()
+    order = np.argsort(-p)
+    nucleus = order[: int(np.searchsorted(np.cumsum(p[order]), 0.7) + 1)]
+    expected = np.zeros_like(p)
+    expected[nucleus] = p[nucleus] / p[nucleus].sum()
+    freq = np.bincount(draws, minlength=len(p)) / len(draws)
+    assert set(np.flatnonzero(freq)) == set(nucleus.tolist())
+    np.testing.assert_allclose(freq, expected, atol=0.01)
+    backend.top_p = 1e-9
+    assert backend._pick(logits[:5], torch.Generator().manual_seed(1)).tolist() == [0] * 5

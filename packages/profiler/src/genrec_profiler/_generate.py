@@ -17,7 +17,7 @@ from genrec_profiler._client import Completion, LLMClient, ProfileRequest
 from genrec_profiler._digest import compute_digests, user_sentences
 from genrec_profiler._errors import ProfilerError
 from genrec_profiler._io import atomic_write_parquet
-from genrec_profiler._prompt import feedback_messages, fit_prompt
+from genrec_profiler._prompt import FittedPrompt, feedback_messages, fit_prompt
 from genrec_profiler._schema import ParsedProfile, parse_profile
 from genrec_profiler._template import template_profile
 
@@ -49,6 +49,8 @@ PROFILE_SCHEMA: dict[str, Any] = {
     "repairs": pl.List(pl.String),
     "extra": pl.String,
 }
+# Batches are formed by prompt length within windows of this many batches (see generate_profiles).
+_SORT_WINDOW = 32
 REQUIRED_COLUMNS = ("user_id", "poi_id", "category_name", "latitude", "longitude", "local_time",
                     "poi_idx", "category_idx")
 
@@ -298,37 +300,49 @@ def generate_profiles(
     tokens_in = tokens_out = 0
     existing = sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []
     next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+    def fitted(user: str) -> tuple[FittedPrompt, ProfileRequest]:
+        digest = digests[user]
+        draft_obj = None if config.no_draft else template_profile(digest)
+        draft = None if draft_obj is None else json.dumps(draft_obj)
+        fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,
+                         count_tokens=client.count_tokens, max_checkins=config.max_checkins, draft=draft)
+        if fit.n_cut:
+            logger.debug("user %s: kept %d of %d check-ins", user, fit.n_used, fit.n_used + fit.n_cut)
+        return fit, ProfileRequest(user_id=user, messages=fit.messages, digest=digest, draft=draft_obj)
+
+    # A backend that pads its batches (``pads_batches``, the local one) gets users in windows of
+    # _SORT_WINDOW batches, each window's batches formed by prompt length, so that a batch pads (and
+    # decodes over) little: a batch mixing a 300-token prompt with a 7,000-token one attends over
+    # 7,000 positions for every row. Other backends keep the users' order.
+    by_length = bool(getattr(client, "pads_batches", False))
+    window = config.batch_size * (_SORT_WINDOW if by_length else 1)
     with tqdm(total=len(todo), disable=not config.progress, desc="profiles", unit="user") as bar:
-        for lo in range(0, len(todo), config.batch_size):
-            batch_start = time.perf_counter()
-            batch = todo[lo : lo + config.batch_size]
-            requests, fitted = [], []
-            for user in batch:
-                digest = digests[user]
-                draft_obj = None if config.no_draft else template_profile(digest)
-                draft = None if draft_obj is None else json.dumps(draft_obj)
-                fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,
-                                 count_tokens=client.count_tokens, max_checkins=config.max_checkins, draft=draft)
-                if fit.n_cut:
-                    logger.debug("user %s: kept %d of %d check-ins", user, fit.n_used, fit.n_used + fit.n_cut)
-                fitted.append(fit)
-                requests.append(ProfileRequest(user_id=user, messages=fit.messages, digest=digest, draft=draft_obj))
-            results = _run_batch(client, requests, config.max_retries)
-            seconds = (time.perf_counter() - batch_start) / len(batch)
-            rows = []
-            for user, fit, (parsed, completion, attempts, t_in, t_out) in zip(batch, fitted, results):
-                rows.append(_row(user, parsed, raw=completion.text, client=client, attempts=attempts,
-                                 tokens_in=t_in, tokens_out=t_out, n_checkins=digests[user].n_checkins,
-                                 n_used=fit.n_used, n_cut=fit.n_cut, seconds=seconds))
-                counts[parsed.status] += 1
-                tokens_in += t_in
-                tokens_out += t_out
-                if parsed.status == "failed":
-                    logger.warning("user %s: profile failed: %s", user, parsed.error)
-            parts.mkdir(parents=True, exist_ok=True)
-            atomic_write_parquet(parts / f"part-{next_part:06d}.parquet", pl.DataFrame(rows, schema=PROFILE_SCHEMA))
-            next_part += 1
-            bar.update(len(batch))
+        for wlo in range(0, len(todo), window):
+            prepared = {user: fitted(user) for user in todo[wlo : wlo + window]}
+            order = list(prepared)
+            if by_length and len(order) > config.batch_size:
+                sizes = {u: sum(client.count_tokens([m["content"] for m in prepared[u][0].messages])) for u in order}
+                order.sort(key=lambda u: sizes[u])
+            for lo in range(0, len(order), config.batch_size):
+                batch_start = time.perf_counter()
+                batch = order[lo : lo + config.batch_size]
+                fits = [prepared[u][0] for u in batch]
+                results = _run_batch(client, [prepared[u][1] for u in batch], config.max_retries)
+                seconds = (time.perf_counter() - batch_start) / len(batch)
+                rows = []
+                for user, fit, (parsed, completion, attempts, t_in, t_out) in zip(batch, fits, results):
+                    rows.append(_row(user, parsed, raw=completion.text, client=client, attempts=attempts,
+                                     tokens_in=t_in, tokens_out=t_out, n_checkins=digests[user].n_checkins,
+                                     n_used=fit.n_used, n_cut=fit.n_cut, seconds=seconds))
+                    counts[parsed.status] += 1
+                    tokens_in += t_in
+                    tokens_out += t_out
+                    if parsed.status == "failed":
+                        logger.warning("user %s: profile failed: %s", user, parsed.error)
+                parts.mkdir(parents=True, exist_ok=True)
+                atomic_write_parquet(parts / f"part-{next_part:06d}.parquet", pl.DataFrame(rows, schema=PROFILE_SCHEMA))
+                next_part += 1
+                bar.update(len(batch))
     _merge(out_path)
     return ProfileRunResult(
         path=out_path,

@@ -92,6 +92,21 @@ def _view_layer(layer_cls: Any, keys: Any, values: Any, *, filled: int = 0) -> A
     return layer
 
 
+def _keep_rows(cache: Any, keep: Sequence[int], cut: int) -> None:
+    """Compact a growing cache to the batch rows ``keep`` (ascending), in place, dropping ``cut``
+    leading positions (left padding no remaining row needs): only the filled part of rows that
+    move is copied; the buffers keep their room for the positions still to come."""
+    layer_cls = _growing_layer_class()
+    for i, layer in enumerate(cache.layers):
+        k, v, n = layer._k, layer._v, layer.keys.shape[-2]
+        for dst, src in enumerate(keep):
+            if dst != src:  # ascending: a row's source is never a destination still to be read
+                k[dst, :, :n].copy_(k[src, :, :n])
+                v[dst, :, :n].copy_(v[src, :, :n])
+        m = len(keep)
+        cache.layers[i] = _view_layer(layer_cls, k[:m, :, cut:], v[:m, :, cut:], filled=n - cut)
+
+
 # Inputs of at most this many rows (a decode step of a batch) use the packed weights.
 _PACKED_MAX_ROWS = 64
 
@@ -191,6 +206,8 @@ class LocalBackend:
     """
 
     backend = "local"
+    # Batches are padded to their longest prompt: generate_profiles groups users by prompt length.
+    pads_batches = True
 
     def __init__(
         self,
@@ -249,7 +266,12 @@ class LocalBackend:
         sliding = getattr(config, "sliding_window", None) or "sliding_attention" in (
             getattr(config, "layer_types", None) or ()
         )
-        self._own_cache = not sliding
+        self._own_cache = not sliding and _growing_layer_class() is not None
+        # Generation stops at the tokenizer's end-of-sequence token and at any the model declares.
+        declared = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
+        declared = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
+        eos = self.tokenizer.eos_token_id
+        self._stop_ids: set[int] = {int(t) for t in [*declared, *([] if eos is None else [eos])]}
         self.context_length = context_length or int(
             getattr(self.lm.config, "max_position_embeddings", 0) or 2048
         )
@@ -273,39 +295,124 @@ class LocalBackend:
 
     def generate_texts(self, prompts: Sequence[str]) -> list[tuple[str, int, int, str]]:
         """(text, prompt tokens, new tokens, finish reason) for already rendered prompts, one batch."""
-        from transformers import GenerationConfig
-
         torch = self._torch
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items()}
-        eos = self.tokenizer.eos_token_id
+        # Sampling is seeded per batch: a run is reproducible for the same batch layout.
+        seed = self.seed + self._batches
+        self._batches += 1
+        with torch.inference_mode():
+            if self._own_cache:
+                rows, finishes = self._decode(enc, seed)
+            else:
+                rows, finishes = self._generate(enc, seed)
+        results = []
+        for ids, finish, mask in zip(rows, finishes, enc["attention_mask"]):
+            # tokens_out counts what the model produced, including the stop token.
+            n_out = len(ids) + (1 if finish == "stop" else 0)
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            results.append((text, int(mask.sum()), n_out, finish))
+        return results
+
+    def _pick(self, logits: Any, generator: Any) -> Any:
+        """The next token of each row from its last-position logits: greedy, or temperature and top-p
+        sampling (the smallest set of most likely tokens whose probabilities reach ``top_p``)."""
+        torch = self._torch
+        logits = logits.float()
+        if not self.do_sample:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # A token stays when the tokens more likely than it have not reached top_p yet (so the
+            # most likely one always stays).
+            drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= self.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            choice = torch.multinomial(sorted_p, 1, generator=generator)
+            return order.gather(-1, choice).squeeze(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def _decode(self, enc: dict[str, Any], seed: int) -> tuple[list[list[int]], list[str]]:
+        """Our own decoding loop over the growing cache: new token ids (without the stop token) and
+        the finish reason of each row.
+
+        A row that stops leaves the batch at once (its cache rows are compacted away), so the rest
+        of a batch decodes at the smaller batch's price instead of carrying finished rows to the
+        end as ``generate`` does; left padding that no remaining row needs is cut from the cache
+        and the mask too. Positions are explicit per row, so each row sees exactly the positions it
+        would see alone.
+        """
+        torch = self._torch
+        generator = torch.Generator(device=self.device).manual_seed(seed) if self.do_sample else None
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        batch, width = ids.shape
+        lengths = mask.sum(dim=1)
+        cache = self._prefill(enc) if batch > 1 else None
+        steps = self.max_new_tokens
+        # One mask buffer for the whole generation: decoded positions are ones already.
+        full_mask = torch.ones((batch, width + steps), dtype=mask.dtype, device=ids.device)
+        full_mask[:, :width] = mask
+        if cache is not None:  # every prompt but its last token is in the cache
+            inputs, positions = ids[:, -1:], (lengths - 1).unsqueeze(1)
+        else:
+            cache = _growing_cache()
+            inputs, positions = ids, (mask.cumsum(dim=1) - 1).clamp(min=0)
+        stop_ids = torch.tensor(sorted(self._stop_ids), dtype=ids.dtype, device=ids.device)
+        out: list[list[int]] = [[] for _ in range(batch)]
+        finishes = ["length"] * batch
+        alive = list(range(batch))  # the original row of each batch row still decoding
+        pads = [width - int(n) for n in lengths]
+        start, filled = 0, width - inputs.shape[1]  # mask columns before ``start`` were cut away
+        for step in range(steps):
+            filled += inputs.shape[1]
+            # One row without padding left in view needs no mask at all.
+            attn = None if len(alive) == 1 and start >= pads[alive[0]] else full_mask[:, start:filled]
+            logits = self.lm(input_ids=inputs, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                             use_cache=True, **self._last_logits).logits[:, -1, :]
+            tokens = self._pick(logits, generator)
+            stopped = torch.isin(tokens, stop_ids).tolist()
+            for row, token, stop in zip(alive, tokens.tolist(), stopped):
+                if stop:
+                    finishes[row] = "stop"
+                else:
+                    out[row].append(token)
+            if step == steps - 1:
+                break
+            positions = positions[:, -1:] + 1
+            if any(stopped):
+                keep = [i for i, stop in enumerate(stopped) if not stop]
+                if not keep:
+                    break
+                alive = [alive[i] for i in keep]
+                cut = min(pads[r] for r in alive) - start  # padding no remaining row needs
+                _keep_rows(cache, keep, cut)
+                index = torch.tensor(keep, device=ids.device)
+                full_mask = full_mask.index_select(0, index)
+                tokens, positions = tokens.index_select(0, index), positions.index_select(0, index)
+                start += cut
+            inputs = tokens.unsqueeze(1)
+        return out, finishes
+
+    def _generate(self, enc: dict[str, Any], seed: int) -> tuple[list[list[int]], list[str]]:
+        """transformers' ``generate`` (models whose attention our cache cannot serve: sliding windows)."""
+        from transformers import GenerationConfig
+
+        torch = self._torch
+        eos = sorted(self._stop_ids)
         # An explicit GenerationConfig so that sampling defaults shipped with a checkpoint never
         # leak into greedy runs.
         gen: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
                                "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": eos}
         if self.do_sample:
             gen.update(temperature=self.temperature, top_p=self.top_p)
-            torch.manual_seed(self.seed + self._batches)
-        self._batches += 1
-        with torch.inference_mode():
-            cache = None
-            if self._own_cache:
-                cache = self._prefill(enc) if len(prompts) > 1 else _growing_cache()
-            extra = {} if cache is None else {"past_key_values": cache}
-            output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen), **extra)  # type: ignore[misc]
-        new = output[:, enc["input_ids"].shape[1] :]
-        results = []
-        for row, mask in zip(new, enc["attention_mask"]):
-            ids = row.tolist()
-            finish = "length"
-            if eos is not None and eos in ids:
-                ids = ids[: ids.index(eos)]
-                finish = "stop"
-            # tokens_out counts what the model produced, including the end-of-sequence token.
-            n_out = len(ids) + (1 if finish == "stop" else 0)
-            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
-            results.append((text, int(mask.sum()), n_out, finish))
-        return results
+            torch.manual_seed(seed)
+        output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen))  # type: ignore[misc]
+        rows, finishes = [], []
+        for row in output[:, enc["input_ids"].shape[1] :].tolist():
+            at = next((i for i, t in enumerate(row) if t in self._stop_ids), None)
+            rows.append(row if at is None else row[:at])
+            finishes.append("length" if at is None else "stop")
+        return rows, finishes
 
     def _prefill(self, enc: dict[str, Any]) -> Any:
         """The batch's KV cache, each prompt (but its last token) run through the model alone.
