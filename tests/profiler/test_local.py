@@ -284,17 +284,21 @@ def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return folder
 
 
-@pytest.mark.parametrize("call_cost", [512, 0])
-def test_rows_leave_the_batch_when_they_stop(sharp_model: Path, call_cost: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kernel", [True, False])
+def test_rows_leave_the_batch_when_they_stop(sharp_model: Path, kernel: bool) -> None:
     """Our decoding loop drops a row from the batch (and padding no row needs) as soon as it stops,
-    and attends per group of similar-length rows (call cost 0: a group per distinct length): every
-    row's tokens still equal transformers' padded ``generate``, whichever rows stop first."""
-    import genrec_profiler._local as local
+    with the compiled decode attention (no mask, each row from its first real position) or with
+    SDPA: every row's tokens still equal transformers' padded ``generate``, whichever rows stop first."""
     from genrec_profiler import LocalBackend
+    from genrec_profiler._attention import decode_attention
 
-    monkeypatch.setattr(local, "_GROUP_CALL_COST", call_cost)
-    backend = LocalBackend(sharp_model, max_new_tokens=14, dtype="float32")
-    assert backend._grouped and backend.lm.config._attn_implementation == local._GROUPED_ATTENTION
+    backend = LocalBackend(sharp_model, max_new_tokens=14, dtype="float32", decode_kernel=kernel)
+    assert backend.decode_kernel == (kernel and decode_attention() is not None)
+    if kernel and not backend.decode_kernel:
+        import shutil
+
+        assert not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")), "a C compiler is here but the decode attention kernel is unavailable"
+        pytest.skip("no C compiler here: the decode attention kernel did not build")
     texts = ["a", "At 2012-04-03 user 12 visited POI id 7 which is a/an Coffee Shop near the park, twice",
              "traits", "POI id 9 which is a/an Bar"]
     prompts = [backend.render([{"role": "user", "content": t}]) for t in texts]
@@ -343,34 +347,3 @@ def test_top_p_sampling_draws_from_the_nucleus() -> None:
     np.testing.assert_allclose(freq, expected, atol=0.01)
     backend.top_p = 1e-9
     assert backend._pick(logits[:5], torch.Generator().manual_seed(1)).tolist() == [0] * 5
-
-
-def test_row_groups_minimise_padding_plus_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The grouping is the exact optimum of padded positions + a price per group (brute force over
-    every split of up to 7 rows), and honours the minimum group size."""
-    import itertools
-    import random
-
-    import genrec_profiler._local as local
-
-    def cost(pads: list[int], groups: list[tuple[int, int, int, bool]]) -> int:
-        return sum(sum(pads[r] - pads[lo] for r in range(lo, hi)) + local._GROUP_CALL_COST for lo, hi, _, _ in groups)
-
-    rng = random.Random(0)
-    for call_cost in (0, 50, 512):
-        monkeypatch.setattr(local, "_GROUP_CALL_COST", call_cost)
-        for _ in range(40):
-            n = rng.randint(1, 7)
-            pads = sorted(rng.choice([0, rng.randint(0, 300)]) for _ in range(n))
-            for min_rows in (1, 2):
-                groups = local._row_groups(pads, 0, min_rows=min_rows)
-                assert [g[0] for g in groups] == [0] + [g[1] for g in groups[:-1]] and groups[-1][1] == n
-                assert all(hi - lo >= min(min_rows, n) for lo, hi, _, _ in groups)
-                assert all(off == pads[lo] and masked == (pads[hi - 1] != pads[lo]) for lo, hi, off, masked in groups)
-                best = min(
-                    cost(pads, [(lo, hi, 0, False) for lo, hi in itertools.pairwise((0, *cuts, n))])
-                    for k in range(n) for cuts in itertools.combinations(range(1, n), k)
-                    if all(hi - lo >= min(min_rows, n) for lo, hi in itertools.pairwise((0, *cuts, n)))
-                )
-                assert cost(pads, groups) == best
-    assert local._row_groups([3, 3, 9], 3, min_rows=1)[0][2] == 0  # offsets count from the cut

@@ -107,78 +107,45 @@ def _keep_rows(cache: Any, keep: Sequence[int], cut: int) -> None:
         cache.layers[i] = _view_layer(layer_cls, k[:m, :, cut:], v[:m, :, cut:], filled=n - cut)
 
 
-# The price of one more attention call per layer, in (row x position) units of attention work:
-# splitting a decode batch into row groups pays off when it skips more padding than this.
-_GROUP_CALL_COST = 512
-_GROUPED_ATTENTION = "genrec_grouped_sdpa"
-_GROUPED: bool | None = None
+_DECODE_ATTENTION = "genrec_decode"
+_REGISTERED = False
 
 
-def _grouped_attention() -> bool:
-    """Register the grouped decode attention with transformers (once); False where it cannot be.
+def _register_decode_attention() -> bool:
+    """Register the ``genrec_decode`` attention with transformers (once); False where it cannot be.
 
-    A decode step of a left-padded batch attends over the longest row's positions for every row.
-    Its rows sorted by length, the batch splits into groups of consecutive rows, each attending
-    from where its longest row starts (a group whose rows start together needs no mask at all):
-    the same scaled-dot-product attention on fewer positions. Prompts (more than one query
-    position) and calls without groups take transformers' own SDPA path unchanged.
+    Decode steps that pass ``genrec_row_starts`` (our loop, one query position) go to the compiled
+    kernel of :mod:`genrec_profiler._attention`, each row from its first real position (no mask is
+    read); everything else (prompts) is transformers' own SDPA, unchanged.
     """
-    global _GROUPED
-    if _GROUPED is not None:
-        return _GROUPED
+    global _REGISTERED
+    if _REGISTERED:
+        return True
     try:
-        import torch
         from transformers import AttentionInterface
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     except ImportError:
-        _GROUPED = False
         return False
+    from genrec_profiler._attention import decode_attention
 
-    def grouped(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
-        groups = kwargs.pop("genrec_row_groups", None)
-        if not groups or query.shape[2] != 1:
+    def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+        starts = kwargs.pop("genrec_row_starts", None)
+        if starts is None or query.shape[2] != 1:
             return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        outs = []
-        for lo, hi, offset, masked in groups:
-            mask = attention_mask[lo:hi, ..., offset:] if masked and attention_mask is not None else None
-            out, _ = sdpa_attention_forward(module, query[lo:hi], key[lo:hi, :, offset:], value[lo:hi, :, offset:],
-                                            mask, **kwargs)
-            outs.append(out)
-        return torch.cat(outs, dim=0), None
+        kernel = decode_attention()
+        if kernel is None or any(kwargs.get(k) is not None for k in ("softcap", "sliding_window", "position_bias")):
+            # Our loop only passes row starts where the kernel serves the model (see LocalBackend).
+            raise ProfilerError("decode attention kernel unavailable for this call")
+        scale = kwargs.get("scaling")
+        if scale is None:
+            scale = query.shape[-1] ** -0.5
+        return kernel(query, key, value, starts, scale), None
 
-    AttentionInterface.register(_GROUPED_ATTENTION, grouped)
-    AttentionMaskInterface.register(_GROUPED_ATTENTION, sdpa_mask)
-    _GROUPED = True
+    AttentionInterface.register(_DECODE_ATTENTION, attention)
+    AttentionMaskInterface.register(_DECODE_ATTENTION, sdpa_mask)
+    _REGISTERED = True
     return True
-
-
-def _row_groups(pads: Sequence[int], start: int, *, min_rows: int = 1) -> list[tuple[int, int, int, bool]]:
-    """Split batch rows with left padding ``pads`` (ascending: longest prompt first) into groups of
-    consecutive rows: ``(lo, hi, offset, masked)``, the group attending from ``offset`` (its first
-    row's padding, minus ``start`` already cut from the cache). Minimises the padded positions
-    attended plus ``_GROUP_CALL_COST`` per group (exact dynamic programme); groups have at least
-    ``min_rows`` rows where the batch has them (a group of one row keeps only part of 2+ threads
-    busy)."""
-    n = len(pads)
-    min_rows = min(min_rows, n)
-    best = [0.0] + [float("inf")] * n  # best[j]: rows [0, j) grouped
-    cut = [0] * (n + 1)
-    for j in range(1, n + 1):
-        for i in range(0, j - min_rows + 1):
-            if best[i] == float("inf"):
-                continue
-            waste = sum(pads[r] - pads[i] for r in range(i, j))
-            cost = best[i] + waste + _GROUP_CALL_COST
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    groups = []
-    j = n
-    while j > 0:
-        i = cut[j]
-        groups.append((i, j, pads[i] - start, pads[j - 1] != pads[i]))
-        j = i
-    return groups[::-1]
 
 
 # Inputs of at most this many rows (a decode step of a batch) use the packed weights.
@@ -277,6 +244,9 @@ class LocalBackend:
     SmolLM2-135M otherwise often open with prose and a code fence. Use ``""`` to let the model start
     freely. ``dtype="auto"`` computes in bfloat16 where the device does so natively (a GPU with bf16,
     a CPU with AMX or AVX512-BF16: about twice as fast as float32 there), float32 otherwise.
+    ``decode_kernel`` (CPU, bfloat16 or float32): decode steps attend with a kernel compiled once by
+    the machine's C compiler (see :mod:`genrec_profiler._attention`), where it builds and passes its
+    check; ``decode_kernel`` tells whether it is in use.
     """
 
     backend = "local"
@@ -296,6 +266,7 @@ class LocalBackend:
         context_length: int | None = None,
         response_prefix: str = '{"',
         dtype: str = "auto",
+        decode_kernel: bool = True,
     ) -> None:
         if max_new_tokens < 1:
             raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -341,14 +312,19 @@ class LocalBackend:
             getattr(config, "layer_types", None) or ()
         )
         self._own_cache = not sliding and _growing_layer_class() is not None
-        # Decode steps attend per group of similar-length rows (see _grouped_attention).
-        self._grouped = False
-        if self._own_cache and getattr(config, "_attn_implementation", None) == "sdpa" and _grouped_attention():
-            try:
-                self.lm.set_attn_implementation(_GROUPED_ATTENTION)
-                self._grouped = True
-            except (ValueError, ImportError) as exc:  # pragma: no cover - a model that refuses it
-                logger.info("keeping plain sdpa attention: %s", exc)
+        # Decode steps attend with the compiled kernel where it builds (see _attention): bfloat16 or
+        # float32 on the CPU, a model on transformers' SDPA whose cache is ours.
+        self.decode_kernel = False
+        if (decode_kernel and self._own_cache and device == "cpu" and self.dtype in ("float32", "bfloat16")
+                and getattr(config, "_attn_implementation", None) == "sdpa" and _register_decode_attention()):
+            from genrec_profiler._attention import decode_attention
+
+            if decode_attention() is not None:
+                try:
+                    self.lm.set_attn_implementation(_DECODE_ATTENTION)
+                    self.decode_kernel = True
+                except (ValueError, ImportError) as exc:  # pragma: no cover - a model that refuses it
+                    logger.info("keeping transformers' sdpa attention: %s", exc)
         # Generation stops at the tokenizer's end-of-sequence token and at any the model declares.
         declared = getattr(getattr(self.lm, "generation_config", None), "eos_token_id", None)
         declared = [] if declared is None else [declared] if isinstance(declared, int) else list(declared)
@@ -385,13 +361,7 @@ class LocalBackend:
         self._batches += 1
         with torch.inference_mode():
             if self._own_cache:
-                # Longest prompt first: the grouped decode attention takes consecutive rows.
-                order = sorted(range(len(prompts)), key=lambda i: -int(enc["attention_mask"][i].sum()))
-                index = torch.tensor(order, device=self.device)
-                sorted_rows, sorted_finishes = self._decode({k: v.index_select(0, index) for k, v in enc.items()}, seed)
-                rows, finishes = [[] for _ in order], [""] * len(order)
-                for at, i in enumerate(order):
-                    rows[i], finishes[i] = sorted_rows[at], sorted_finishes[at]
+                rows, finishes = self._decode(enc, seed)
             else:
                 rows, finishes = self._generate(enc, seed)
         results = []
@@ -451,13 +421,19 @@ class LocalBackend:
         alive = list(range(batch))  # the original row of each batch row still decoding
         pads = [width - int(n) for n in lengths]
         start, filled = 0, width - inputs.shape[1]  # mask columns before ``start`` were cut away
-        min_rows = 2 if torch.get_num_threads() > 1 else 1
-        grouped = self._grouped and batch > 1 and pads == sorted(pads)
-        extra: dict[str, Any] = {"genrec_row_groups": _row_groups(pads, 0, min_rows=min_rows)} if grouped else {}
+        pad_of = torch.tensor(pads, dtype=torch.int64)
         for step in range(steps):
             filled += inputs.shape[1]
-            # One row without padding left in view needs no mask at all.
-            attn = None if len(alive) == 1 and start >= pads[alive[0]] else full_mask[:, start:filled]
+            # The kernel reads no mask (it starts each row at its first real position); one row with
+            # no padding left in view needs none either.
+            extra: dict[str, Any] = {}
+            if self.decode_kernel and inputs.shape[1] == 1:
+                extra["genrec_row_starts"] = (pad_of[alive] - start).clamp(min=0)
+                attn = None
+            elif len(alive) == 1 and start >= pads[alive[0]]:
+                attn = None
+            else:
+                attn = full_mask[:, start:filled]
             logits = self.lm(input_ids=inputs, attention_mask=attn, position_ids=positions, past_key_values=cache,
                              use_cache=True, **self._last_logits, **extra).logits[:, -1, :]
             tokens = self._pick(logits, generator)
@@ -481,8 +457,6 @@ class LocalBackend:
                 full_mask = full_mask.index_select(0, index)
                 tokens, positions = tokens.index_select(0, index), positions.index_select(0, index)
                 start += cut
-                if grouped:
-                    extra["genrec_row_groups"] = _row_groups([pads[r] for r in alive], start, min_rows=min_rows)
             inputs = tokens.unsqueeze(1)
         return out, finishes
 
