@@ -29,7 +29,7 @@ def attend():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("head_dim", "kv_heads", "group"), [(64, 3, 3), (64, 2, 4), (64, 1, 7), (128, 2, 2),
-                                                               (128, 1, 1), (128, 1, 3), (32, 2, 2), (48, 1, 9)])
+                                                               (128, 1, 1), (128, 1, 3), (32, 2, 2), (16, 2, 2), (48, 1, 9), (64, 1, 10)])
 def test_kernel_matches_float64_and_sdpa(attend, dtype, head_dim: int, kv_heads: int, group: int) -> None:
     """Random queries against views of a larger cache (room after the filled part, as our cache
     keeps it), each row from its own start: within rounding of a float64 computation, and as close

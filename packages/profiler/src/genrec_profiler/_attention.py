@@ -134,15 +134,18 @@ static void values_##CC##_##GG(int bf16, const char* vb, int64_t vstride, int64_
     for (int64_t g = 0; g < Gn; g++)                                                                   \
         for (int c = 0; c < CC; c++) _mm512_storeu_ps(acc + g * 16 * CC + 16 * c, a[g][c]);            \
 }
+DEFINE_AVX512(1, 0) DEFINE_AVX512(2, 0)
 DEFINE_AVX512(4, 1) DEFINE_AVX512(4, 2) DEFINE_AVX512(4, 3) DEFINE_AVX512(4, 4) DEFINE_AVX512(4, 0)
 DEFINE_AVX512(8, 1) DEFINE_AVX512(8, 2) DEFINE_AVX512(8, 4) DEFINE_AVX512(8, 0)
 
 typedef void (*scores_fn)(int, const char*, int64_t, int64_t, int64_t, const float*, float*, float);
 typedef void (*values_fn)(int, const char*, int64_t, int64_t, int64_t, const float*, float*);
 
-/* The specialised pair for (D, G), or 0 where the plain loops serve. */
+/* The specialised pair for (D, G), or 0 where the plain loops serve (other head sizes, G > 8). */
 static int pick_avx512(int64_t D, int64_t G, scores_fn* sf, values_fn* vf) {
     if (G > 8) return 0;
+    if (D == 16) { *sf = scores_1_0; *vf = values_1_0; return 1; }
+    if (D == 32) { *sf = scores_2_0; *vf = values_2_0; return 1; }
     if (D == 64) {
         switch (G) {
             case 1: *sf = scores_4_1; *vf = values_4_1; return 1;
@@ -367,7 +370,7 @@ def decode_attention() -> Callable[..., Any] | None:
     try:
         gen = torch.Generator().manual_seed(0)
         for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
-            for d, kvh, group in ((64, 2, 3), (128, 1, 2), (16, 2, 5)):
+            for d, kvh, group in ((64, 2, 3), (128, 1, 2), (16, 2, 5), (48, 1, 3), (64, 1, 9)):
                 q = torch.randn(3, kvh * group, 1, d, generator=gen).to(dtype)
                 k = torch.randn(3, kvh, 40, d, generator=gen).to(dtype)
                 v = torch.randn(3, kvh, 40, d, generator=gen).to(dtype)
