@@ -346,6 +346,8 @@ def decode_attention() -> Callable[..., Any] | None:
         logger.info("decode attention kernel unavailable (%s): staying on SDPA", exc)
         return None
 
+    strides: dict[tuple[int, ...], tuple[Any, ...]] = {}
+
     def attend(query: Any, key: Any, value: Any, starts: Any, scale: float) -> Any:
         b, h, q_len, d = query.shape
         kvh, length = key.shape[1], key.shape[2]
@@ -354,13 +356,17 @@ def decode_attention() -> Callable[..., Any] | None:
                 or key.stride(-1) != 1 or value.stride(-1) != 1 or query.stride(-1) != 1):
             raise ValueError("decode attention: unsupported shapes, dtypes or strides")
         out = torch.empty((b, 1, h, d), dtype=query.dtype)
-        starts = starts.to(dtype=torch.int64).contiguous()
-        strides = [
-            torch.tensor(s, dtype=torch.int64)
-            for s in ((query.stride(0), query.stride(1)), key.stride()[:3], value.stride()[:3], (out.stride(0), out.stride(2)))
-        ]
+        if starts.dtype != torch.int64 or not starts.is_contiguous():
+            starts = starts.to(dtype=torch.int64).contiguous()
+        key_strides = (query.stride(0), query.stride(1), *key.stride()[:3], *value.stride()[:3], out.stride(0), out.stride(2))
+        arrays = strides.get(key_strides)
+        if arrays is None:  # a handful of layouts per generation: build their C arrays once
+            if len(strides) > 256:
+                strides.clear()
+            qs, ks, vs, os_ = key_strides[:2], key_strides[2:5], key_strides[5:8], key_strides[8:]
+            arrays = strides[key_strides] = tuple((ctypes.c_int64 * len(x))(*x) for x in (qs, ks, vs, os_))
         rc = fn(int(query.dtype == torch.bfloat16), query.data_ptr(), key.data_ptr(), value.data_ptr(), out.data_ptr(),
-                b, kvh, h // kvh, length, d, *(s.data_ptr() for s in strides), starts.data_ptr(), float(scale))
+                b, kvh, h // kvh, length, d, *arrays, starts.data_ptr(), float(scale))
         if rc != 0:
             raise MemoryError("decode attention: out of memory")
         return out
