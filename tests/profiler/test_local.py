@@ -347,3 +347,29 @@ def test_top_p_sampling_draws_from_the_nucleus() -> None:
     np.testing.assert_allclose(freq, expected, atol=0.01)
     backend.top_p = 1e-9
     assert backend._pick(logits[:5], torch.Generator().manual_seed(1)).tolist() == [0] * 5
+
+
+def test_generation_stops_at_the_model_declared_end_tokens(tiny_model: Path, tmp_path: Path) -> None:
+    """End tokens the model's generation config declares (Llama 3 declares two) stop a row like the
+    tokenizer's own end-of-sequence token: here a token the model produces anyway."""
+    import json
+    import shutil
+
+    from genrec_profiler import LocalBackend
+
+    plain = LocalBackend(tiny_model, max_new_tokens=8, dtype="float32")
+    prompt = plain.render([{"role": "user", "content": "POI id 7 which is a/an Coffee Shop"}])
+    free = plain.generate_texts([prompt])[0]
+    assert free[3] == "length"
+    produced = plain.tokenizer(free[0], add_special_tokens=False)["input_ids"]
+    assert produced
+    folder = tmp_path / "declared"
+    shutil.copytree(tiny_model, folder)
+    path = folder / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    config["eos_token_id"] = [plain.tokenizer.eos_token_id, produced[0]]
+    path.write_text(json.dumps(config))
+    declared = LocalBackend(folder, max_new_tokens=8, dtype="float32")
+    assert declared._stop_ids == {plain.tokenizer.eos_token_id, produced[0]}
+    text, _, n_out, finish = declared.generate_texts([prompt])[0]
+    assert finish == "stop" and n_out == 1 and text == ""
