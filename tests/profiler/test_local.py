@@ -327,7 +327,8 @@ def test_top_p_sampling_draws_from_the_nucleus() -> None:
     """``_pick`` samples from the smallest set of most likely tokens whose probabilities reach
     top_p, renormalised (checked against frequencies of 40,000 draws), and top_p -> 0 is greedy."""
     import numpy as np
-    import torch
+
+    torch = pytest.importorskip("torch")
 
     from genrec_profiler._local import LocalBackend
 
