@@ -421,14 +421,16 @@ class LocalBackend:
         alive = list(range(batch))  # the original row of each batch row still decoding
         pads = [width - int(n) for n in lengths]
         start, filled = 0, width - inputs.shape[1]  # mask columns before ``start`` were cut away
-        pad_of = torch.tensor(pads, dtype=torch.int64)
+        # Each row's first real position in the cache view (the kernel's starts); changes only when
+        # rows leave.
+        row_starts = torch.tensor(pads, dtype=torch.int64)
         for step in range(steps):
             filled += inputs.shape[1]
             # The kernel reads no mask (it starts each row at its first real position); one row with
             # no padding left in view needs none either.
             extra: dict[str, Any] = {}
             if self.decode_kernel and inputs.shape[1] == 1:
-                extra["genrec_row_starts"] = (pad_of[alive] - start).clamp(min=0)
+                extra["genrec_row_starts"] = row_starts
                 attn = None
             elif len(alive) == 1 and start >= pads[alive[0]]:
                 attn = None
@@ -457,6 +459,7 @@ class LocalBackend:
                 full_mask = full_mask.index_select(0, index)
                 tokens, positions = tokens.index_select(0, index), positions.index_select(0, index)
                 start += cut
+                row_starts = torch.tensor([pads[r] - start for r in alive], dtype=torch.int64)
             inputs = tokens.unsqueeze(1)
         return out, finishes
 
