@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .compare import DEFAULT_THRESHOLD, MODES, Row, compare_package, format_table
@@ -277,6 +280,27 @@ def _run(args: argparse.Namespace, pytest_args: list[str]) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _exit_on_termination() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does: the package's pytest runs in its own session
+    (so that a timeout can kill its whole group), and without this a ``kill`` of bench/run.py would
+    leave it running, orphaned, competing with whatever runs next."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # the runner kills the package's process group on the way out
+
+    wanted = [sig for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, stop) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ours, pytest_args = _split_passthrough(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -285,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: 2 on a usage error, 0 after --help
         return int(exc.code or 0)
     try:
-        return _run(args, pytest_args)
+        with _exit_on_termination():
+            return _run(args, pytest_args)
     except (UsageError, ValueError, FileNotFoundError) as exc:  # bad option, unreadable results file
         if args.debug:
             raise

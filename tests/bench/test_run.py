@@ -3,6 +3,7 @@ subprocess path (with the real bench/conftest.py), plus its usage errors in proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -142,6 +143,67 @@ def test_a_hung_package_is_killed_at_its_timeout(tmp_path: Path) -> None:
     tail = log_tail(result.log)
     assert tail.startswith(STACKS_HEADER)
     assert "bench_hang.py" in tail
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists() or os.name != "posix", reason="needs /proc")
+def test_terminating_the_runner_ends_the_package_process_too(tmp_path: Path) -> None:
+    """``kill`` (SIGTERM) of bench/run.py must not leave the package's pytest (its own session) running."""
+    pytest.importorskip("pytest_benchmark")
+    import signal
+
+    bench = _tree(tmp_path, {"hang": HANG})
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN_PY), "--bench-root", str(bench), "--package", "hang", "--run-dir", str(run_dir)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        marker = str(bench / "hang")
+        # the package's pytest has started its benchmark once bench/conftest.py made the stacks file
+        while not (run_dir / "hang.stacks.txt").exists() or not _processes_mentioning(marker):
+            assert proc.poll() is None, "bench/run.py ended before the package started"
+            assert time.monotonic() < deadline, "the package never started"
+            time.sleep(0.2)
+        children = [pid for pid in _processes_mentioning(marker) if pid != proc.pid]
+        assert children
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        end = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in children):
+            assert time.monotonic() < end, f"the package's pytest survived: {children}"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in _processes_mentioning(str(bench / "hang")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent (init reaps orphans, but not at once)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
