@@ -15,7 +15,7 @@ pytest.importorskip("torch")
 pytest.importorskip("ot")
 pytest.importorskip("genrec_otcoreset")
 
-import torch  # noqa: E402
+import torch
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "bench" / "otcoreset" / "_published.py"
 
