@@ -7,7 +7,9 @@ Keys read from a benchmark's ``extra_info`` (all optional):
 first numeric parametrize value) for
 the x axis; ``floor_s`` (or any ``*_floor_s``, e.g. ``memory_floor_s``), the physical floor in
 seconds (memory or compute bound); ``baseline_s``, the
-in-run baseline's time; ``ratio``, ``target``, ``baseline`` for the table.
+in-run baseline's time; ``baseline_final_s``, the baseline's time to its end when the run stopped it
+early (``baseline_s`` is then a lower bound; drawn hollow, as an estimate, where it is larger);
+``ratio``, ``target``, ``baseline`` for the table.
 """
 
 from __future__ import annotations
@@ -81,6 +83,15 @@ def floor_seconds(bench: Bench) -> float | None:
     return None
 
 
+def baseline_to_end(bench: Bench) -> float | None:
+    """``baseline_final_s`` where the run stopped its baseline early (larger than ``baseline_s``)."""
+    final = as_float(bench.extra_info.get("baseline_final_s"))
+    measured = as_float(bench.extra_info.get("baseline_s"))
+    if final is None or (measured is not None and final <= measured):
+        return None
+    return final
+
+
 def _series_label(bench: Bench, x_key: str | None, x: float | None) -> str:
     params = bench.raw.get("params") or {}
     parts = []
@@ -133,6 +144,11 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
                     "baseline",
                 )
                 ax.plot(xs, baseline, "s--", label=f"{name}{suffix}")
+                to_end = [baseline_to_end(b) for _, b in pts]
+                if any(v is not None for v in to_end):
+                    ax.plot(
+                        xs, to_end, "s:", markerfacecolor="none", label=f"{name}, to its end (estimated){suffix}"
+                    )
             floor = [floor_seconds(b) for _, b in pts]
             if any(v is not None for v in floor):
                 ax.plot(xs, floor, "k:", marker="_", label=f"physical floor{suffix}")
@@ -142,6 +158,7 @@ def _plot_function(function: str, items: list[Bench], path: Path) -> None:
             for v in (
                 b.median,
                 as_float(b.extra_info.get("baseline_s")),
+                baseline_to_end(b),
                 floor_seconds(b),
             )
             if v is not None

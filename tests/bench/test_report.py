@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from _benchtool.cli import main
-from _benchtool.report import floor_seconds, plot_name, problem_size, write_report
+from _benchtool.report import baseline_to_end, floor_seconds, plot_name, problem_size, write_report
 from _benchtool.results import bench_from_json
 
 from ._synthetic import entry, run
@@ -87,3 +87,7 @@ def test_problem_size_and_plot_names() -> None:
     assert floor_seconds(bench_from_json(entry("a::t", 1.0, floor_s=0.5, memory_floor_s=0.25))) == 0.5
     assert floor_seconds(bench_from_json(entry("a::t", 1.0))) is None
     assert plot_name(SINK) == "otcoreset-bench_sinkhorn-test_sinkhorn.png"
+    # a baseline stopped early: its estimated time to the end is drawn only where it adds something
+    assert baseline_to_end(bench_from_json(entry("a::t", 1.0, baseline_s=1500, baseline_final_s=9323))) == 9323
+    assert baseline_to_end(bench_from_json(entry("a::t", 1.0, baseline_s=1020, baseline_final_s=1020))) is None
+    assert baseline_to_end(bench_from_json(entry("a::t", 1.0, baseline_s=10))) is None
