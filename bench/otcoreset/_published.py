@@ -119,9 +119,9 @@ def pruning(cost: torch.Tensor, sel: list[int], x_star: torch.Tensor, cut_num: i
     return [int(i) for i in inner], [int(o) for o in outer]
 
 
-# A trial is proven no better than the current selection only when its lower bound, or its exact value
-# by shortest paths, is above the current POO by more than this (both are float64 sums at POO ~ 0.1-1,
-# exact to ~1e-15); anything closer is decided by the release's own from-scratch EMD.
+# A trial is proven no better than the current selection only when one of its two dual lower bounds
+# (see Replay) is above the current POO by more than this (float64 sums at POO ~ 0.1-1, exact to
+# ~1e-15); anything closer is decided by the release's own from-scratch EMD.
 _PROOF_MARGIN = 1e-10
 
 
