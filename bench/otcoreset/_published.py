@@ -278,28 +278,3 @@ def refine(
     finally:
         if stats is not None and judge is not None:
             stats.update(judge.stats)
-
-
-def published_select(
-    embeddings: np.ndarray,
-    grad_norms: np.ndarray,
-    val_embeddings: np.ndarray,
-    *,
-    budget: int,
-    lam: float = 0.1,
-    max_iters: int = 100,
-    cut_num: int = 30,
-    time_limit: float | None = None,
-    replay: bool = False,
-    progress: Callable[[dict], None] | None = None,
-    stats: dict | None = None,
-) -> tuple[list[int], list[float], int]:
-    """Algorithm 1 of the release end to end: cost, greedy, refinement (stopped once ``time_limit``
-    seconds have passed since the start, if given; ``replay``, ``progress``, ``stats``: see
-    :func:`refine`)."""
-    deadline = None if time_limit is None else time.perf_counter() + time_limit
-    cost = published_cost(embeddings, grad_norms, val_embeddings, lam)
-    init = greedy(cost, budget)
-    return refine(
-        cost, init, max_iters=max_iters, cut_num=cut_num, deadline=deadline, replay=replay, progress=progress, stats=stats
-    )
