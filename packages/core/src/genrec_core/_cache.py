@@ -1,0 +1,132 @@
+"""The cache folder, content fingerprints of inputs, and one lock per output folder."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from genrec_core._errors import GenrecError
+
+__all__ = [
+    "HASH_LIMIT_BYTES",
+    "FolderLock",
+    "LockHeldError",
+    "cache_dir",
+    "fingerprint",
+]
+
+#: Files up to this size are hashed in full (sha256) by :func:`fingerprint`; larger ones are
+#: fingerprinted by size, mtime and a hash of their first and last MiB.
+HASH_LIMIT_BYTES = 256 * 1024 * 1024
+_EDGE = 1024 * 1024
+
+
+def cache_dir() -> Path:
+    """``$GENREC_CACHE``, default ``~/.cache/genrec``: converted models, compiled kernels, downloads."""
+    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")).expanduser()
+
+
+def _hash_file(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        if size <= HASH_LIMIT_BYTES:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(fh.read(_EDGE))
+            fh.seek(size - _EDGE)
+            h.update(fh.read(_EDGE))
+    return h.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies the content of a file or folder, for cache keys.
+
+    A file: its size, mtime (nanoseconds) and sha256 (of the whole file up to
+    :data:`HASH_LIMIT_BYTES`; above it, of the first and last MiB, so an in-place edit of a huge file
+    is seen through its mtime and size). A folder: the same for every file under it, by relative path
+    (hidden files and folders, the ones starting with a dot, are skipped). A missing path raises.
+    """
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _hash_file(path, st.st_size)}
+    if path.is_dir():
+        files = {}
+        for child in sorted(path.rglob("*")):
+            rel = child.relative_to(path)
+            if any(part.startswith(".") for part in rel.parts) or not child.is_file():
+                continue
+            files[rel.as_posix()] = fingerprint(child)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return {"files": len(files), "sha256": digest}
+    raise GenrecError(f"{path}: no such file or folder")
+
+
+class LockHeldError(GenrecError):
+    """Another live process holds the lock of an output folder."""
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (``<folder>/.lock``), held for the life of a run.
+
+    It is an ``flock``: the kernel drops it when the holding process dies, however it dies, so a stale
+    lock from a killed run never blocks the next one. The file records the holder's pid, host and start
+    time for the message another process gets.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], *, what: str = "folder") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown process"
+            finally:
+                os.close(fd)
+            raise LockHeldError(
+                f"{self.what} {self.folder} is in use by another run ({holder}); wait for it to finish "
+                "or stop it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked(folder: str | os.PathLike[str], *, what: str = "folder") -> Iterator[FolderLock]:
+    with FolderLock(folder, what=what) as lock:
+        yield lock
