@@ -27,6 +27,7 @@ from genrec_core._contracts import (
     Column,
     Contract,
     ContractError,
+    contracts_markdown,
     read_table,
     validate_metrics,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "atomic_write_text",
     "cache_dir",
     "config_from_args",
+    "contracts_markdown",
     "fingerprint",
     "locked",
     "read_table",

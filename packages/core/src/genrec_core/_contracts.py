@@ -39,6 +39,7 @@ __all__ = [
     "Column",
     "Contract",
     "ContractError",
+    "contracts_markdown",
     "read_table",
     "validate_metrics",
 ]
@@ -186,12 +187,13 @@ class Contract:
                 if value not in present:
                     continue
                 for col in extra:
-                    if col.name not in have:
+                    if col.name in have:
+                        columns.append(col)
+                    elif col.required:
                         raise ContractError(
                             f"{where}: rows with {self.condition_column}={value!r} need column {col.name!r}; "
                             f"columns present: {have}"
                         )
-                columns.append(col)
         cast = [_cast_column(frame, c, source=where).alias(c.name) for c in columns]
         frame = frame.with_columns(cast) if cast else frame
         for col in columns:
@@ -445,3 +447,8 @@ def validate_metrics(obj: Any, *, source: str | os.PathLike[str] = "metrics.json
             if isinstance(value, float) and not math.isfinite(value):
                 raise ContractError(f"{source}: {system}.{name} is not finite: {value!r}")
     return obj
+
+
+def contracts_markdown() -> str:
+    """Every contract as Markdown, the block docs/design.md §2 carries (a test keeps them equal)."""
+    return "\n\n".join(c.describe() for c in CONTRACTS.values())
