@@ -178,3 +178,22 @@ def test_lock_message_waits_for_nobody(tmp_path: Path) -> None:
     assert time.monotonic() - start < 30
     assert pl.__version__
     atomic_write_parquet(tmp_path / "t.parquet", pl.DataFrame({"a": [1]}))
+
+
+def test_private_cache_dir_is_owner_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genrec_core import UnsafeCacheError, private_cache_dir, sha256_file
+
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o755)
+    monkeypatch.setenv("GENREC_CACHE", str(root))
+    folder = private_cache_dir("kernels")
+    assert folder == root / "kernels" and folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)  # loosened by someone: tightened again before use
+    assert private_cache_dir("kernels").stat().st_mode & 0o777 == 0o700
+    root.chmod(0o777)  # anyone could swap the folder under us: refused
+    with pytest.raises(UnsafeCacheError, match="writable by group or others"):
+        private_cache_dir("kernels")
+    root.chmod(0o755)
+    f = folder / "x.so"
+    f.write_bytes(b"abc")
+    assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

@@ -66,7 +66,7 @@ def test_resolve_folder_and_local_misses(tiny: dict[str, Path], tmp_path: Path) 
     m = resolve_model(tiny["generic"])
     assert m.path == tiny["generic"] and m.source == "folder" and m.name == str(tiny["generic"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
         resolve_model(tmp_path / "empty")
     # Local-looking paths are never hub ids: no network, an immediate "no such file".
     for spec in ("bad/nope.csv", "./org/name", "/abs/org", "a/b/c", "~/x/y"):
@@ -75,7 +75,7 @@ def test_resolve_folder_and_local_misses(tiny: dict[str, Path], tmp_path: Path) 
             resolve_model(spec)
     assert is_hub_id("meta-llama/Llama-3.2-1B") and is_hub_id("w11wo/Llama-2-7b-longlora-32k-merged@main")
     (tmp_path / "weights.bin").write_bytes(b"\0")
-    with pytest.raises(ModelNotFoundError, match="not a .gguf"):
+    with pytest.raises(ModelNotFoundError, match=r"not a \.gguf"):
         resolve_model(tmp_path / "weights.bin")
 
 

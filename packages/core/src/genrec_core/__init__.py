@@ -10,7 +10,17 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from genrec_core._cache import HASH_LIMIT_BYTES, FolderLock, LockHeldError, cache_dir, fingerprint, locked
+from genrec_core._cache import (
+    HASH_LIMIT_BYTES,
+    FolderLock,
+    LockHeldError,
+    UnsafeCacheError,
+    cache_dir,
+    fingerprint,
+    locked,
+    private_cache_dir,
+    sha256_file,
+)
 from genrec_core._cli import add_config_args, config_from_args, run_main
 from genrec_core._contracts import (
     CHECKINS,
@@ -65,6 +75,7 @@ __all__ = [
     "FolderLock",
     "GenrecError",
     "LockHeldError",
+    "UnsafeCacheError",
     "__version__",
     "add_config_args",
     "atomic_write",
@@ -78,7 +89,9 @@ __all__ = [
     "contracts_markdown",
     "fingerprint",
     "locked",
+    "private_cache_dir",
     "read_table",
     "run_main",
+    "sha256_file",
     "validate_metrics",
 ]

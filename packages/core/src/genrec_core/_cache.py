@@ -18,8 +18,12 @@ __all__ = [
     "HASH_LIMIT_BYTES",
     "FolderLock",
     "LockHeldError",
+    "UnsafeCacheError",
     "cache_dir",
     "fingerprint",
+    "locked",
+    "private_cache_dir",
+    "sha256_file",
 ]
 
 #: Files up to this size are hashed in full (sha256) by :func:`fingerprint`; larger ones are
@@ -31,6 +35,49 @@ _EDGE = 1024 * 1024
 def cache_dir() -> Path:
     """``$GENREC_CACHE``, default ``~/.cache/genrec``: converted models, compiled kernels, downloads."""
     return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")).expanduser()
+
+
+class UnsafeCacheError(GenrecError):
+    """A cache folder that other users could write to: nothing in it may be executed or unpickled."""
+
+
+def private_cache_dir(*parts: str) -> Path:
+    """``cache_dir()/parts...``, created owner-only (0700), for files this program will execute.
+
+    A compiled library is only loaded from a folder no other user can write to: the folder (and the
+    cache folder above it) must be owned by this user and not writable by group or others. An
+    existing folder that fails the check raises :class:`UnsafeCacheError` rather than being trusted.
+    """
+    root = cache_dir()
+    folder = root.joinpath(*parts)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    current = folder
+    while True:
+        st = current.stat()
+        if uid is not None and st.st_uid != uid:
+            raise UnsafeCacheError(f"{current}: owned by uid {st.st_uid}, not by this user; refusing to load code from it")
+        if st.st_mode & 0o022:
+            if current == folder:
+                os.chmod(folder, 0o700)  # ours, just made or made before: tighten it
+            else:
+                raise UnsafeCacheError(
+                    f"{current}: writable by group or others (mode {oct(st.st_mode & 0o777)}); refusing to "
+                    "load code from under it (chmod go-w it, or point GENREC_CACHE elsewhere)"
+                )
+        if current == root or current.parent == current:
+            break
+        current = current.parent
+    return folder
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a whole file, hex."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _hash_file(path: Path, size: int) -> str:

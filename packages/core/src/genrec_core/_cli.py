@@ -33,7 +33,7 @@ def _unwrap_optional(tp: Any) -> Any:
 
 def _scalar(tp: Any) -> Callable[[str], Any]:
     if tp in (int, float, str):
-        return tp  # type: ignore[no-any-return]
+        return tp
     if tp is Path or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
         return Path
     return str
@@ -108,6 +108,9 @@ def run_main(
     ``prog: error: <first line>``; Ctrl-C prints ``prog: interrupted`` and returns 130. With ``debug``
     the traceback is shown instead.
     """
+    caught: tuple[type[BaseException], ...] = (
+        GenrecError, FileNotFoundError, NotADirectoryError, IsADirectoryError, *errors,
+    )  # fmt: skip
     try:
         rc = body()
     except KeyboardInterrupt:
@@ -115,7 +118,7 @@ def run_main(
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (GenrecError, FileNotFoundError, NotADirectoryError, IsADirectoryError, *errors) as exc:
+    except caught as exc:
         if debug:
             raise
         message = str(exc).strip() or type(exc).__name__

@@ -170,8 +170,8 @@ class Contract:
     def validate(self, frame: pl.DataFrame, *, source: str | os.PathLike[str] | None = None) -> pl.DataFrame:
         """``frame`` in the contract's types; raises :class:`ContractError` at the first problem."""
         where = str(source) if source is not None else f"{self.name} table"
-        if isinstance(frame, pl.LazyFrame):  # type: ignore[unreachable]
-            frame = frame.collect()  # type: ignore[unreachable]
+        if isinstance(frame, pl.LazyFrame):
+            frame = frame.collect()
         have = frame.columns
         for name in self.required:
             if name not in have:

@@ -102,7 +102,7 @@ def looks_local(spec: str) -> bool:
         s.startswith(("/", ".", "~"))
         or s.count("/") != 1
         or s.lower().endswith(_FILE_SUFFIXES)
-        or os.sep != "/" and os.sep in s
+        or (os.sep != "/" and os.sep in s)
     )
 
 
@@ -143,7 +143,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         # transformers dequantises GGUF tensors on load but keeps the GGUF quantizer attached, and
         # save_pretrained refuses a model whose quantizer is "not serializable". The weights are plain
         # floats by now: detach the quantizer and save them as they are.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
@@ -381,7 +381,7 @@ def build_tiny_model(
 
     if family not in FAMILIES:
         raise GenrecError(f"build_tiny_model: family {family!r} is not one of {', '.join(FAMILIES)}")
-    specials = {
+    table: dict[str, dict[str, Any]] = {
         "llama2": {"bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": None, "more": []},
         "llama3": {
             "bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "unk": "<unk>", "pad": None,
@@ -392,7 +392,8 @@ def build_tiny_model(
             "bos": "<s>", "eos": "</s>", "unk": "<unk>", "pad": "<pad>",
             "more": ["<|system|>", "<|user|>", "<|assistant|>"],
         },
-    }[family]  # fmt: skip
+    }  # fmt: skip
+    specials = table[family]
     special_tokens = [t for t in (specials["unk"], specials["bos"], specials["eos"], specials["pad"]) if t]
     special_tokens += [t for t in specials["more"] if t not in special_tokens]
     chars = list(dict.fromkeys(string.printable))
@@ -400,13 +401,13 @@ def build_tiny_model(
     for tok in [*special_tokens, *chars, *extra_tokens]:
         vocab.setdefault(tok, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk"]))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # type: ignore[assignment]
-    backend.decoder = decoders.Fuse()  # type: ignore[assignment]
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
     backend.add_special_tokens(special_tokens)
     add_bos = family in ("llama2", "llama3", "generic")
     if add_bos:
         bos = specials["bos"]
-        backend.post_processor = processors.TemplateProcessing(  # type: ignore[assignment]
+        backend.post_processor = processors.TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
         )
     tokenizer = PreTrainedTokenizerFast(
@@ -416,13 +417,12 @@ def build_tiny_model(
         unk_token=specials["unk"],
         pad_token=specials["pad"],
     )
-    if family == "llama2":
-        tokenizer.add_bos_token = True  # type: ignore[attr-defined]
-    elif family == "llama3":
+    # llama2 keeps no chat template: its base checkpoints have none (prompts carry [INST] themselves).
+    if family == "llama3":
         tokenizer.chat_template = _LLAMA3_TEMPLATE
     elif family == "chatml":
         tokenizer.chat_template = _CHATML_TEMPLATE
-    else:
+    elif family == "generic":
         tokenizer.chat_template = _GENERIC_TEMPLATE
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
