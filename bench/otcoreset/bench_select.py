@@ -206,7 +206,7 @@ def test_itra_vs_published_games(benchmark):
 
     n, m, budget, swaps = REAL_SIZE
     train, val = _games_texts(n, m)
-    enc = SentenceTransformer(resolve_encoder(None), device="cpu")
+    enc = SentenceTransformer(str(resolve_encoder(None).path), device="cpu")
     x = enc.encode(train, batch_size=64, convert_to_numpy=True).astype(np.float32)
     y = enc.encode(val, batch_size=64, convert_to_numpy=True).astype(np.float32)
     # lam = 0 (the release's default): the comparison is about selection on real embeddings; LoRA

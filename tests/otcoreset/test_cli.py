@@ -9,8 +9,18 @@ import numpy as np
 import polars as pl
 import pytest
 
-from genrec_otcoreset import FeatureSet, save_features, select
+from genrec_core import SELECTION
+from genrec_otcoreset import (
+    FeatureSet,
+    read_selection,
+    save_features,
+    select,
+    selection_table,
+    write_selection,
+)
 from genrec_otcoreset._cli import main
+
+LOG_KEYS = {"method", "budget", "pool", "n_val", "lambda", "labels", "poo", "trace", "swaps", "exact_solves", "seconds"}
 
 
 def _features(tmp_path: Path, name: str, n: int, seed: int, labels: bool = True) -> Path:
@@ -35,13 +45,16 @@ def test_select_writes_table_and_log(tmp_path, capsys):
     assert str(out) in printed and "exact POO" in printed
     table = pl.read_parquet(out)
     assert table.columns == ["record_id", "selected", "rank"]
+    assert table.schema == pl.Schema(SELECTION.schema)
     assert table.height == 80 and table["selected"].sum() == 7
     chosen = table.filter(pl.col("selected")).sort("rank")
     assert chosen["rank"].to_list() == list(range(1, 8))
     assert table.filter(~pl.col("selected"))["rank"].null_count() == 73
     log = json.loads(out.with_suffix(".json").read_text())
-    assert {"method", "budget", "lambda", "trace", "poo", "seconds"} <= log.keys()
+    assert log.keys() == LOG_KEYS | {"features", "val_features"}
     assert log["method"] == "itra" and log["budget"] == 7 and log["lambda"] == 0.2
+    assert log["pool"] == 80 and log["n_val"] == 30 and log["labels"] is False
+    assert log["features"] == str(train) and log["val_features"] == str(val)
     assert log["poo"] == log["trace"][-1]
     # The same selection through the API.
     from genrec_otcoreset import load_features
@@ -63,7 +76,31 @@ def test_select_with_labels_and_baseline(tmp_path):
     table = pl.read_parquet(out)
     labels = pl.read_parquet(train / "features.parquet")["label"]
     assert labels.filter(table["selected"]).value_counts().sort("label")["count"].to_list() == [3, 3]
-    assert json.loads(out.with_suffix(".json").read_text())["method"] == "kcenter"
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert log["method"] == "kcenter" and log["labels"] is True
+    chosen = table.filter(pl.col("selected")).sort("rank")
+    assert chosen["rank"].to_list() == list(range(1, 7))
+
+
+def test_selection_table_validates_and_round_trips(tmp_path):
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(30, 4)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
+    res = select(embeddings=x, grad_norms=rng.lognormal(size=30), val_embeddings=y, budget=5, max_swaps=3,
+                 device="cpu")
+    ids = [f"id{i}" for i in range(30)]
+    table = selection_table(ids, res)
+    assert SELECTION.validate(table).equals(table)
+    # Rank follows the selection order, not the row order.
+    ranked = table.filter(pl.col("selected")).sort("rank")["record_id"].to_list()
+    assert ranked == [ids[i] for i in res.indices]
+    out, log_path = write_selection(tmp_path / "sel.parquet", ids, res, n_val=12, lam=0.1, extra={"run": "x"})
+    back = read_selection(out)
+    assert back.equals(table)
+    log = json.loads(log_path.read_text())
+    assert log_path == tmp_path / "sel.json"
+    assert log.keys() == LOG_KEYS | {"run"}
+    assert log["budget"] == 5 and log["pool"] == 30 and log["n_val"] == 12 and log["run"] == "x"
+    assert log["trace"][-1] == pytest.approx(res.poo)
 
 
 @pytest.mark.parametrize(
@@ -126,3 +163,33 @@ def test_features_bad_records_exit_2(tmp_path, capsys):
     pl.DataFrame({"record_id": ["a", "a"], "prompt": ["p", "q"], "completion": ["c", "d"]}).write_parquet(tmp_path / "d.parquet")
     assert main(["features", "--records", str(tmp_path / "d.parquet"), "--out", str(tmp_path / "g")]) == 2
     assert "duplicate record_id 'a'" in capsys.readouterr().err
+
+
+def test_features_model_hub_id_offline_and_missing_file_exit_2(tmp_path, capsys, monkeypatch):
+    # Fails on the model argument before any model is loaded; needs no network.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty hub cache
+    monkeypatch.setenv("GENREC_CACHE", str(tmp_path / "cache"))  # the encoder must fail before any conversion
+    records = tmp_path / "r.parquet"
+    pl.DataFrame({"record_id": ["a"], "prompt": ["p"], "completion": ["c"]}).write_parquet(records)
+    base = ["features", "--records", str(records), "--out", str(tmp_path / "g")]
+    assert main([*base, "--model", "org/name"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec-otcoreset: error: ") and "'org/name'" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert main([*base, "--model", "bad/nope.gguf"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec-otcoreset: error: ") and "no such file" in err and "bad/nope.gguf" in err
+    assert len(err.splitlines()) == 1
+    assert main([*base, "--encoder", "org/encoder"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'org/encoder'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "g").exists()
+
+
+def test_required_options_are_argparse_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["select", "--features", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "required: --val-features, --budget, --out" in err

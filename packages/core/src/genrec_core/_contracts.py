@@ -382,7 +382,7 @@ FEATURES = Contract(
     columns=(
         Column("record_id", _STR, nullable=False, unique=True),
         Column("grad_norm", pl.Float64, nullable=False, finite=True, minimum=0.0),
-        Column("label", pl.Int64, required=False, values=(0, 1), doc="CTR label for the label-enhanced variant"),
+        Column("label", pl.Int64, required=False, minimum=0, doc="class label for the label-enhanced variant (CTR: 0/1)"),
     ),
 )
 

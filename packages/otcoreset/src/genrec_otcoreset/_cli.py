@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from genrec_core import add_config_args, config_from_args, run_main
 from genrec_otcoreset import __version__
 from genrec_otcoreset._errors import OtCoresetError
 
@@ -26,9 +23,12 @@ class FeaturesConfig:
 
     records: Path = field(metadata={"help": "SFT records (parquet with record_id, prompt, completion)"})
     out: Path = field(metadata={"help": "output folder for embeddings.npy, features.parquet, meta.json"})
-    model: str = field(default="smollm2", metadata={"help": "causal LM: HF folder, .gguf file or 'smollm2'"})
+    model: str = field(
+        default="smollm2", metadata={"help": "causal LM: hub id org/name[@rev], HF folder, .gguf file or 'smollm2'"}
+    )
     encoder: str | None = field(
-        default=None, metadata={"help": "sentence-transformers folder or name (default: offline MiniLM)"}
+        default=None,
+        metadata={"help": "sentence-transformers model: hub id org/name[@rev] or folder (default: offline MiniLM)"},
     )
     batch_size: int = field(default=8, metadata={"help": "records per forward/backward pass"})
     max_length: int = field(default=512, metadata={"help": "token limit per record (prompt cut on the left)"})
@@ -60,20 +60,9 @@ class SelectConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
 
 
-def _add_config(parser: argparse.ArgumentParser, cls: type, *, flags: dict[str, str] | None = None) -> None:
-    """One ``--option`` per dataclass field; the field's metadata is its help."""
-    flags = flags or {}
-    for f in dataclasses.fields(cls):
-        flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
-        required = f.default is dataclasses.MISSING
-        default = None if required else f.default
-        help_ = f.metadata.get("help", "") + ("" if required else f" (default: {default})")
-        tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if tp == "bool":
-            parser.add_argument(flag, dest=f.name, action="store_true", help=help_)
-            continue
-        conv: Any = {"int": int, "float": float, "Path": Path}.get(tp, str)
-        parser.add_argument(flag, dest=f.name, type=conv, required=required, default=default, help=help_)
+def _help(cls: type, name: str) -> str:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f"{f.metadata['help']} (default: {f.default})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,26 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("features", help="embeddings and LoRA gradient norms of SFT records")
-    _add_config(p, FeaturesConfig)
+    add_config_args(p, FeaturesConfig)
+    p.set_defaults(config=FeaturesConfig, subparser=p)
     p = sub.add_parser("select", help="choose a coreset (ITRA or a baseline) and write the selection")
-    _add_config(p, SelectConfig, flags={"lam": "--lambda"})
+    # `lambda` is a Python keyword: the field is `lam`, the flag keeps the paper's name.
+    add_config_args(p, SelectConfig, skip=("lam",))
+    p.add_argument("--lambda", dest="lam", type=float, default=0.1, metavar="LAMBDA", help=_help(SelectConfig, "lam"))
+    p.set_defaults(config=SelectConfig, subparser=p)
     return parser
-
-
-def _config(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _run_features(cfg: FeaturesConfig, progress: bool) -> int:
@@ -120,11 +97,9 @@ def _run_features(cfg: FeaturesConfig, progress: bool) -> int:
 
 
 def _run_select(cfg: SelectConfig, progress: bool) -> int:
-    import numpy as np
-    import polars as pl
-
     from genrec_otcoreset._features import load_features
     from genrec_otcoreset._select import select
+    from genrec_otcoreset._selection_io import write_selection
 
     train = load_features(cfg.features)
     val = load_features(cfg.val_features)
@@ -140,21 +115,10 @@ def _run_select(cfg: SelectConfig, progress: bool) -> int:
         candidates=cfg.candidates, max_swaps=cfg.max_swaps, seed=cfg.seed, device=cfg.device,
         progress=progress,
     )
-    rank = np.full(len(train.record_ids), -1, dtype=np.int64)
-    rank[res.indices] = np.arange(1, res.indices.size + 1)
-    table = pl.DataFrame({"record_id": list(train.record_ids), "selected": rank > 0, "rank": rank}).with_columns(
-        pl.when(pl.col("selected")).then(pl.col("rank")).otherwise(None).alias("rank")
+    out, log_path = write_selection(
+        cfg.out, train.record_ids, res, n_val=len(val.record_ids), lam=cfg.lam, labels=cfg.labels_from_records,
+        extra={"features": str(cfg.features), "val_features": str(cfg.val_features)},
     )
-    out = cfg.out
-    _write_atomic(out, table.write_parquet)
-    log_path = out.with_suffix(".json")
-    record = {
-        "method": res.method, "budget": cfg.budget, "lambda": cfg.lam, "labels": cfg.labels_from_records,
-        "trace": list(res.trace), "poo": res.poo, "seconds": res.seconds, "swaps": res.swaps,
-        "exact_solves": res.exact_solves, "n_train": len(train.record_ids), "n_val": len(val.record_ids),
-        "features": str(cfg.features), "val_features": str(cfg.val_features),
-    }
-    _write_atomic(log_path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     print(
         f"{res.method}: selected {res.indices.size} of {len(train.record_ids)} records, exact POO {res.poo:.6g} "
         f"({res.swaps} swaps, {res.seconds:.1f}s); table {out}, log {log_path}"
@@ -168,17 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    # add_config_args leaves every option optional; a field without a default is a required flag.
+    missing = [
+        f"--{f.name.replace('_', '-')}"
+        for f in dataclasses.fields(args.config)
+        if f.default is dataclasses.MISSING and getattr(args, f.name) is None
+    ]
+    if missing:
+        args.subparser.error(f"the following arguments are required: {', '.join(missing)}")
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "features":
-            return _run_features(_config(FeaturesConfig, args), args.progress)
-        return _run_select(_config(SelectConfig, args), args.progress)
-    except (OtCoresetError, FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args.config, args)
+    run = _run_features if args.command == "features" else _run_select
+    return run_main(PROG, lambda: run(cfg, args.progress), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

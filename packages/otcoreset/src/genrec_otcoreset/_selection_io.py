@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from genrec_core import SELECTION, atomic_write_json, atomic_write_parquet
 
+from genrec_core import SELECTION, atomic_write_json, atomic_write_parquet
 from genrec_otcoreset._errors import OtCoresetError
 from genrec_otcoreset._select import SelectionResult
 
