@@ -14,7 +14,6 @@ cores). ``full``: 1,000 candidates with the tiny Llama and with SmolLM2-135M (GG
 from __future__ import annotations
 
 import os
-import string
 import time
 from pathlib import Path
 
@@ -53,20 +52,9 @@ QUERY = Query(prompt=PROMPT, completion_prefix="At 2012-12-21 08:29, user 349 wi
 
 
 def _tiny_llama(path: Path) -> Path:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from genrec_core.models import build_tiny_model
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(string.printable[:95])}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return build_tiny_model(path, hidden=64, max_positions=2048)
 
 
 MODELS = ["tiny-llama", pytest.param("smollm2", marks=pytest.mark.skipif(SIZE != "full", reason="full size only"))]

@@ -14,10 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from genrec_core.models import build_tiny_model, resolve_model  # noqa: E402
 from genrec_trainer import load_config, train  # noqa: E402
 from genrec_trainer._data import collate, read_records, tokenize_records  # noqa: E402
-from genrec_trainer._model import load_tokenizer, resolve_model  # noqa: E402
-from genrec_trainer._synthetic import make_tiny_llama, synthetic_city_records, write_records  # noqa: E402
+from genrec_trainer._model import load_tokenizer  # noqa: E402
+from genrec_trainer._synthetic import synthetic_city_records, write_records  # noqa: E402
 
 SIZE = os.environ.get("GENREC_BENCH_SIZE", "quick")
 CASES = [("tiny-llama", 40, 8)] + ([("smollm2", 6, 4)] if SIZE == "full" else [])
@@ -88,7 +89,11 @@ def test_train_throughput(benchmark, tmp_path: Path, name: str, steps: int, batc
     # One thread for both sides: on a shared 2-core machine two spin-waiting OpenMP threads make
     # tiny-model steps 100x slower and the ratio meaningless.
     torch.set_num_threads(1)
-    model_path = make_tiny_llama(tmp_path / "tiny") if name == "tiny-llama" else resolve_model("smollm2")
+    model_path = (
+        build_tiny_model(tmp_path / "tiny", initializer_range=0.2, max_positions=512)
+        if name == "tiny-llama"
+        else resolve_model("smollm2").path
+    )
     data = write_records(synthetic_city_records(256), tmp_path / "train.parquet")
     baseline = _hf_trainer_tokens_per_s(model_path, data, tmp_path / "hf", steps, batch)
     cfg = load_config(

@@ -128,3 +128,12 @@ def test_probes(tiny: dict[str, Path]) -> None:
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     if probe is not None and amx is not None:
         assert cpu_has_native_bf16() == bool(probe() or amx())
+
+
+def test_extra_tokens_are_whole_tokens(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    path = build_tiny_model(tmp_path / "m", extra_tokens=("visited", "p12"))
+    tok = AutoTokenizer.from_pretrained(path)
+    pieces = tok.convert_ids_to_tokens(tok("u1 visited p12", add_special_tokens=False).input_ids)
+    assert pieces == ["u", "1", " ", "visited", " ", "p12"]

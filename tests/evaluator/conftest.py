@@ -77,48 +77,15 @@ def nyc(shared_data: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     return checkins, _records_from_checkins(checkins)
 
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
-
-
-def build_tiny_llama(path: Path, *, hidden: int = 32, seed: int = 0) -> Path:
-    """A random 2-layer Llama with a character-level tokenizer (and a chat template), saved as an HF
-    folder. Needs torch and transformers: call from tests that importorskip them."""
-    import string
-
-    import torch
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(string.printable[:95])}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     # Two cores shared with other jobs: one intra-op thread avoids spin-wait oversubscription.
     torch.set_num_threads(1)
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+    from genrec_core.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", max_positions=1024)
 
 
 def make_poi_records(n: int = 6, num_pois: int = 40, seed: int = 0) -> pl.DataFrame:
@@ -182,4 +149,6 @@ def poi_train() -> pl.DataFrame:
 @pytest.fixture(scope="session")
 def other_tiny_llama(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
     """A tiny Llama of another width: adapters trained on it do not fit ``tiny_llama``."""
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "other-llama", hidden=48, seed=1)
+    from genrec_core.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "other-llama", hidden=48, seed=1, max_positions=1024)

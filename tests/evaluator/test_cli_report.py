@@ -118,6 +118,22 @@ def test_cli_errors(data_dir: tuple[Path, Path], tmp_path: Path, capsys: pytest.
     assert "unknown baseline" in capsys.readouterr().err
 
 
+def test_cli_hub_model_offline_is_one_line(data_dir: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data, records = data_dir
+    rc = main(["next-poi", "--records", str(records), "--model", "nobody-xyz/Llama-0B", "--train", str(data),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("genrec-evaluator: error: ") and err.count("\n") == 1
+    assert "'nobody-xyz/Llama-0B'" in err and "hf download nobody-xyz/Llama-0B" in err
+    assert "model not found" not in err
+
+
 def test_cli_next_poi_with_tiny_llama(tiny_llama: Path, data_dir: tuple[Path, Path], tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     data, records = data_dir

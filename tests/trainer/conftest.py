@@ -1,4 +1,4 @@
-"""Fixtures for the trainer tests: a tiny random Llama with a word-level tokenizer, and synthetic SFT sets."""
+"""Fixtures for the trainer tests: a tiny random Llama (character-level tokenizer), and synthetic SFT sets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from genrec_trainer._synthetic import make_tiny_llama, synthetic_city_records, write_records
+from genrec_core.models import build_tiny_model
+from genrec_trainer._synthetic import synthetic_city_records, write_records
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,7 +32,9 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
+    # A wide initialisation gives the random model confident, varied logits (losses and gradients
+    # far from uniform), which the loss and gradient comparisons need.
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", initializer_range=0.2, max_positions=512)
 
 
 @pytest.fixture(scope="session")

@@ -24,12 +24,18 @@ def _frame(**cols) -> pl.DataFrame:
     return pl.DataFrame({"record_id": [f"r{i}" for i in range(len(next(iter(cols.values()))))], **cols})
 
 
+def _chars(text: str) -> list[str]:
+    """The tiny model's tokens for plain text: one per character."""
+    return list(text)
+
+
 def test_prompt_completion_masking_token_by_token(tok) -> None:
-    frame = _frame(prompt=["user u1 visited poi p3 ."], completion=["p4"])
+    prompt = "user u1 visited poi p3 ."
+    frame = _frame(prompt=[prompt], completion=["p4"])
     ex = tokenize_records(frame, tok, fmt="prompt", max_length=64, truncation=False, path="t").examples[0]
     tokens = tok.convert_ids_to_tokens(list(ex.input_ids))
-    assert tokens == ["<s>", "user", "u1", "visited", "poi", "p3", ".", "p4", "</s>"]
-    expected = [IGNORE_INDEX] * 7 + [tok.convert_tokens_to_ids("p4"), tok.eos_token_id]
+    assert tokens == ["<s>", *_chars(prompt), "p", "4", "</s>"]
+    expected = [IGNORE_INDEX] * (1 + len(prompt)) + [*tok.convert_tokens_to_ids(["p", "4"]), tok.eos_token_id]
     assert list(ex.labels) == expected
 
 
@@ -47,28 +53,15 @@ def test_messages_masking_token_by_token(tok) -> None:
     ex = ts.examples[0]
     tokens = tok.convert_ids_to_tokens(list(ex.input_ids))
     assert tokens == [
-        "<|system|>",
-        "predict",
-        "</s>",
-        "<|user|>",
-        "poi",
-        "p1",
-        "</s>",
-        "<|assistant|>",
-        "p2",
-        "</s>",
-        "<|user|>",
-        "poi",
-        "p5",
-        "</s>",
-        "<|assistant|>",
-        "p6",
-        ".",
-        "</s>",
-    ]
+        "<|system|>", *_chars("predict"), "</s>",
+        "<|user|>", *_chars("poi p1"), "</s>",
+        "<|assistant|>", *_chars("p2"), "</s>",
+        "<|user|>", *_chars("poi p5"), "</s>",
+        "<|assistant|>", *_chars("p6 ."), "</s>",
+    ]  # fmt: skip
     trained = [t for t, label in zip(tokens, ex.labels) if label != IGNORE_INDEX]
     # Both assistant replies with their end-of-turn token, nothing else.
-    assert trained == ["p2", "</s>", "p6", ".", "</s>"]
+    assert trained == [*_chars("p2"), "</s>", *_chars("p6 ."), "</s>"]
     assert all(label in (IGNORE_INDEX, i) for i, label in zip(ex.input_ids, ex.labels))
 
 
@@ -93,7 +86,7 @@ def test_loss_counts_only_completion_tokens(tiny_model: Path, tok) -> None:
             for pos in range(first, len(ex.input_ids)):
                 ref -= float(logp[pos - 1, ex.input_ids[pos]])
                 n += 1
-    assert count == n == 2 + 3
+    assert count == n == len("p4") + 1 + len("p10 .") + 1  # the completions' characters and </s>
     assert float(loss_sum) == pytest.approx(ref, rel=1e-5)
     # Changing a prompt token changes the inputs but never adds a loss term.
     assert collate(examples, tok.pad_token_id)["labels"].ne(IGNORE_INDEX).sum() == n
@@ -107,8 +100,8 @@ def test_packing_keeps_records_apart(tiny_model: Path, tok) -> None:
         prompt=["user u1 visited poi p3 .", "user u2 visited poi p7 then poi p9 .", "poi p1 ."],
         completion=["p4", "p10 .", "p2"],
     )
-    examples = tokenize_records(frame, tok, fmt="prompt", max_length=64, truncation=False, path="t").examples
-    packed = pack(examples, 64)
+    examples = tokenize_records(frame, tok, fmt="prompt", max_length=128, truncation=False, path="t").examples
+    packed = pack(examples, 128)
     assert len(packed) == 1 and packed[0].n_records == 3
     with torch.no_grad():
         loose, n_loose = _token_loss_sum(model, collate(examples, tok.pad_token_id))
@@ -119,16 +112,18 @@ def test_packing_keeps_records_apart(tiny_model: Path, tok) -> None:
 
 
 def test_truncation(tok) -> None:
-    frame = _frame(prompt=["user u1 visited poi p3 then poi p4 then poi p5 ."], completion=["p6"])
-    with pytest.raises(TrainerError, match=r"record 'r0' has 15 tokens, more than max_length=8"):
+    prompt = "user u1 visited poi p3 then poi p4 ."
+    frame = _frame(prompt=[prompt], completion=["p6"])
+    n_tokens = 1 + len(prompt) + 2 + 1  # <s>, the prompt's characters, "p6", </s>
+    with pytest.raises(TrainerError, match=rf"record 'r0' has {n_tokens} tokens, more than max_length=8"):
         tokenize_records(frame, tok, fmt="prompt", max_length=8, truncation=False, path="data.parquet")
     ts = tokenize_records(frame, tok, fmt="prompt", max_length=8, truncation=True, path="t")
     ex = ts.examples[0]
     assert ts.n_truncated == 1 and len(ex.input_ids) == 8
     # The prompt lost its beginning; the completion is whole.
-    assert tok.convert_ids_to_tokens(list(ex.input_ids))[-3:] == [".", "p6", "</s>"]
+    assert tok.convert_ids_to_tokens(list(ex.input_ids))[-6:] == ["4", " ", ".", "p", "6", "</s>"]
     assert [label for label in ex.labels if label != IGNORE_INDEX] == [
-        tok.convert_tokens_to_ids("p6"),
+        *tok.convert_tokens_to_ids(["p", "6"]),
         tok.eos_token_id,
     ]
 

@@ -41,7 +41,12 @@ def _config(tiny_model: Path, city: dict[str, Path], output: Path, **kw) -> Trai
 def trained(tiny_model: Path, city: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     out = tmp_path_factory.mktemp("trained")
     # val = train: the final eval loss is then the adapter's loss on its own training data.
-    cfg = _config(tiny_model, city, out, max_steps=160, val=str(city["train"]), eval_every=80, merge=True)
+    # LoRA on every linear layer: with a character-level tokenizer the POI ids are digit sequences,
+    # which the attention projections alone do not learn to map in 160 steps.
+    cfg = _config(
+        tiny_model, city, out, max_steps=160, val=str(city["train"]), eval_every=80, merge=True,
+        target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    )
     return train(cfg)
 
 
@@ -99,15 +104,18 @@ def test_adapter_reloads_with_peft_and_changes_generations(
     for row in frame.iter_rows(named=True):
         prompt = tok.apply_chat_template(row["messages"][:1], tokenize=False, add_generation_prompt=True)
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
-        kw = {"max_new_tokens": 2, "do_sample": False, "pad_token_id": tok.pad_token_id}
+        # "p", up to two digits and </s>: the tokenizer is character-level.
+        kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": tok.pad_token_id}
         with torch.no_grad():
             tuned = model.generate(**ids, **kw)[0, ids["input_ids"].shape[1] :]
             with model.disable_adapter():
                 plain = model.generate(**ids, **kw)[0, ids["input_ids"].shape[1] :]
         changed += tuned.tolist() != plain.tolist()
-        correct += tok.decode(tuned[:1]).strip() == row["completion"]
+        correct += tok.decode(tuned, skip_special_tokens=True).strip() == row["completion"]
     assert changed >= 12
-    assert correct >= 10  # the base model is right by chance 1 time in 24
+    # A random character-level model writes the right "pN" far less than 1 time in 24 (3 tokens to get
+    # right); the adapter gets about half after 160 steps.
+    assert correct >= 6
 
     # merge = true wrote a plain model equal to base + adapter.
     assert trained.model_dir is not None
@@ -192,7 +200,7 @@ def _adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_bad_input_is_named(tiny_model: Path, city, tmp_path: Path) -> None:
-    with pytest.raises(TrainerError, match="model: path does not exist"):
+    with pytest.raises(TrainerError, match=r"config field 'model': .*no-model'?: no such file or folder"):
         train(_config(tmp_path / "no-model", city, tmp_path / "o1"))
     with pytest.raises(TrainerError, match=r"target_modules.*\['qkv'\] not found"):
         train(_config(tiny_model, city, tmp_path / "o2", target_modules=("q_proj", "qkv")))
@@ -207,11 +215,12 @@ def test_bad_input_is_named(tiny_model: Path, city, tmp_path: Path) -> None:
 
 
 def test_auto_dtype_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genrec_core import models
     from genrec_trainer import _model
 
     cpu = torch.device("cpu")
     for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
-        monkeypatch.setattr(_model, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda native=native: native)
         assert _model.compute_dtype(load_config(None, dtype="auto"), cpu) == expected
         # FSDP on CPU and quantised bases stay float32; an explicit dtype is always kept.
         assert _model.compute_dtype(load_config(None, dtype="auto"), cpu, distributed=True) == torch.float32

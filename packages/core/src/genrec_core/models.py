@@ -368,8 +368,8 @@ def build_tiny_model(
     """Save a randomly initialised tiny ``LlamaForCausalLM`` and a tokenizer of ``family`` into
     ``folder`` (an HF folder any genrec stage loads).
 
-    The tokenizer splits text into characters (printable ASCII, newline, tab, plus any character of
-    ``extra_tokens`` words added whole), adds the family's BOS the way the real one does, and carries
+    The tokenizer splits text into characters (printable ASCII, newline, tab; each word of
+    ``extra_tokens`` is one token of its own), adds the family's BOS the way the real one does, and carries
     the family's special tokens and chat template, so prompt building, masking and parsing behave as
     with the real model; only the numbers are random. Deterministic for a given ``seed``.
     """
@@ -404,6 +404,9 @@ def build_tiny_model(
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(special_tokens)
+    if extra_tokens:
+        # Added tokens are matched whole before the character split, so each word is one token.
+        backend.add_tokens(list(extra_tokens))
     add_bos = family in ("llama2", "llama3", "generic")
     if add_bos:
         bos = specials["bos"]

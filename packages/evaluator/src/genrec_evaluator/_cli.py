@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genrec_core import add_config_args, config_from_args, run_main
 from genrec_evaluator import __version__
-from genrec_evaluator._errors import EvaluatorError
 
 PROG = "genrec-evaluator"
-
-
-def _add_config(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
-    """One ``--option`` per field of the frozen config dataclass ``cls``; field metadata gives the help."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
-            continue
-        tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
-        origin = typing.get_origin(tp)
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if origin in (typing.Union, types.UnionType) and len(args) == 1:
-            tp, origin = args[0], typing.get_origin(args[0])
-        if tp is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif origin is tuple:
-            inner = typing.get_args(tp)[0]
-            parser.add_argument(flag, dest=f.name, nargs="+", type=inner, default=default, help=f"{help_} (default: {' '.join(map(str, default or ()))})")
-        elif typing.get_origin(tp) is typing.Literal:
-            parser.add_argument(flag, dest=f.name, choices=typing.get_args(tp), default=default, help=f"{help_} (default: {default})")
-        else:
-            parser.add_argument(flag, dest=f.name, type=tp if tp in (int, float, str) else str, default=default, help=f"{help_} (default: {default})")
-
-
-def _config(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init and hasattr(args, f.name)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    values.update(extra)
-    return cls(**values)
+MODEL_HELP = "HF model folder, .gguf file, hub id org/name[@revision], or alias smollm2"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--train-city", default=None, help="label for the cross-city matrix")
     p.add_argument("--eval-city", default=None, help="label for the cross-city matrix")
-    _add_config(p, BaselineConfig)
+    add_config_args(p, BaselineConfig)
 
     _add_model_commands(sub)
 
@@ -90,35 +56,35 @@ def _add_model_commands(sub: Any) -> None:
         return
     p = sub.add_parser("next-poi", help="evaluate a model on next-POI records, beside the baselines")
     p.add_argument("--records", required=True, type=Path, help="next-POI records: a file or a folder")
-    p.add_argument("--model", required=True, help="HF model folder, .gguf file, or alias smollm2")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--adapter", default=None, help="peft (LoRA) adapter folder")
     p.add_argument("--train", default=None, type=Path, help="prepared data folder: baselines and user groups")
     p.add_argument("--split", default="test", help="records split to evaluate (default: test)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--train-city", default=None, help="label for the cross-city matrix")
     p.add_argument("--eval-city", default=None, help="label for the cross-city matrix")
-    _add_config(p, NextPoiConfig)
+    add_config_args(p, NextPoiConfig)
 
     from genrec_evaluator._seqrec import SeqRecConfig
 
     p = sub.add_parser("seqrec", help="evaluate a model on SeqRec records (generated title -> item)")
     p.add_argument("--records", required=True, type=Path)
     p.add_argument("--items", required=True, type=Path, help="catalogue table with item_id and title")
-    p.add_argument("--model", required=True, help="HF model folder, .gguf file, or alias smollm2")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--adapter", default=None)
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, type=Path)
-    _add_config(p, SeqRecConfig)
+    add_config_args(p, SeqRecConfig)
 
     from genrec_evaluator._ctr import CtrConfig
 
     p = sub.add_parser("ctr", help="evaluate a model on CTR records: P(Yes) -> AUC")
     p.add_argument("--records", required=True, type=Path, help="CTR records (label column) or TALLRec JSON")
-    p.add_argument("--model", required=True, help="HF model folder, .gguf file, or alias smollm2")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--adapter", default=None)
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, type=Path)
-    _add_config(p, CtrConfig)
+    add_config_args(p, CtrConfig)
 
 
 def _summary(result: Any, out: Path) -> None:
@@ -136,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         from genrec_evaluator._baselines import BaselineConfig, run_baselines
 
         records = read_records(args.records, split=args.split)
-        result = run_baselines(records, load_checkins(args.data), config=_config(BaselineConfig, args))
+        result = run_baselines(records, load_checkins(args.data), config=config_from_args(BaselineConfig, args))
         result.meta.update({"train_city": args.train_city, "eval_city": args.eval_city, "records": str(args.records)})
         write_report(result, args.out)
         _summary(result, args.out)
@@ -145,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
 
         records = read_records(args.records, split=args.split)
         train = load_checkins(args.train) if args.train is not None else None
-        result = evaluate_next_poi(records, model=args.model, adapter=args.adapter, train=train, config=_config(NextPoiConfig, args))
+        result = evaluate_next_poi(records, model=args.model, adapter=args.adapter, train=train, config=config_from_args(NextPoiConfig, args))
         result.meta.update({"train_city": args.train_city, "eval_city": args.eval_city, "records": str(args.records)})
         write_report(result, args.out)
         _summary(result, args.out)
@@ -153,14 +119,14 @@ def _run(args: argparse.Namespace) -> int:
         from genrec_evaluator._seqrec import SeqRecConfig, evaluate_seqrec, read_items
 
         records = read_records(args.records, split=args.split)
-        result = evaluate_seqrec(records, read_items(args.items), model=args.model, adapter=args.adapter, config=_config(SeqRecConfig, args))
+        result = evaluate_seqrec(records, read_items(args.items), model=args.model, adapter=args.adapter, config=config_from_args(SeqRecConfig, args))
         write_report(result, args.out)
         _summary(result, args.out)
     elif args.command == "ctr":
         from genrec_evaluator._ctr import CtrConfig, evaluate_ctr, read_ctr_records
 
         records = read_ctr_records(args.records, split=args.split)
-        result = evaluate_ctr(records, model=args.model, adapter=args.adapter, config=_config(CtrConfig, args))
+        result = evaluate_ctr(records, model=args.model, adapter=args.adapter, config=config_from_args(CtrConfig, args))
         write_report(result, args.out)
         _summary(result, args.out)
     elif args.command == "compare":
@@ -184,13 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (EvaluatorError, FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    # ValueError too: polars and numpy report unusable input that way.
+    return run_main(PROG, lambda: _run(args), debug=args.debug, errors=(ValueError,))
 
 
 if __name__ == "__main__":  # pragma: no cover

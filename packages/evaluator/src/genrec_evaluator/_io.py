@@ -1,12 +1,8 @@
-"""Reading records and check-ins, and atomic writes."""
+"""Reading records and check-ins."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,61 +12,6 @@ import polars as pl
 from genrec_evaluator._errors import EvaluatorError
 
 log = logging.getLogger(__name__)
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any, *, sort_keys: bool = True) -> Path:
-    def _write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
-
-    return atomic_write(path, _write)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    def _write(tmp: Path) -> None:
-        tmp.write_text(text)
-
-    return atomic_write(path, _write)
-
-
-def atomic_write_parquet(path: str | Path, frame: pl.DataFrame) -> Path:
-    return atomic_write(path, lambda tmp: frame.write_parquet(tmp))
-
-
-def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Like :func:`atomic_write` for a folder: build it beside the target, then swap it in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        write(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def _read_table_file(path: Path) -> pl.DataFrame:

@@ -63,7 +63,7 @@ class NextPoiConfig:
     baselines: tuple[str, ...] = field(default=BASELINES, metadata={"help": "baselines reported beside the model"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bfloat16, float16, or auto (bfloat16 where native)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's)"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
 

@@ -11,9 +11,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from genrec_core import (
+    PREDICTIONS,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_parquet,
+    atomic_write_text,
+    validate_metrics,
+)
 from genrec_evaluator._analysis import LENGTH_GROUPS, USER_GROUPS, cross_city_matrix
 from genrec_evaluator._errors import EvaluatorError
-from genrec_evaluator._io import atomic_write, atomic_write_json, atomic_write_parquet, atomic_write_text
 from genrec_evaluator._result import EvaluationResult
 
 log = logging.getLogger(__name__)
@@ -128,12 +135,20 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, plots: bool =
     for the model), ``metrics.json``, ``run.json``, ``report.md`` and PNG plots. Returns ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for system, frame in result.predictions.items():
+    validate_metrics(result.metrics, source=out / "metrics.json")
+    predictions = {
+        # CTR predictions are probabilities (p_yes, label), not the ranked lists the contract describes.
+        system: frame if result.task == "ctr" else PREDICTIONS.validate(frame, source=f"predictions of {system}")
+        for system, frame in result.predictions.items()
+    }
+    for system, frame in predictions.items():
         atomic_write_parquet(out / "predictions" / f"{system}.parquet", frame)
-    if "model" in result.predictions:
-        atomic_write_parquet(out / "predictions.parquet", result.predictions["model"])
-    atomic_write_json(out / "metrics.json", result.metrics, sort_keys=False)  # the model first
-    atomic_write_json(out / "run.json", {"task": result.task, "seconds": result.seconds, **result.meta})
+    if "model" in predictions:
+        atomic_write_parquet(out / "predictions.parquet", predictions["model"])
+    atomic_write_json(out / "metrics.json", result.metrics)  # in insertion order: the model first
+    atomic_write_json(
+        out / "run.json", {"task": result.task, "seconds": result.seconds, **result.meta}, sort_keys=True
+    )
     flat = _flat_metrics(result.metrics)
     keys = [k for k in _headline(flat) if k != "n"]
     images: list[Path] = []

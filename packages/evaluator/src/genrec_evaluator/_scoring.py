@@ -38,16 +38,6 @@ def _wide(x: Any) -> Any:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def _takes_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft passes kwargs on
-    try:
-        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     first = seqs[0]
     n = min(len(s) for s in seqs)
@@ -78,8 +68,10 @@ class HFScorer:
     ) -> None:
         if fmt not in {"auto", "prompt", "messages"}:
             raise EvaluatorError(f"format must be auto, prompt or messages, got {fmt!r}")
+        from genrec_core.models import takes_logits_to_keep
+
         self.model = model
-        self._last_logits_only = _takes_logits_to_keep(model)
+        self._last_logits_only = takes_logits_to_keep(model)
         self.tokenizer = tokenizer
         self.fmt = fmt
         if max_nodes < 1:

@@ -38,7 +38,7 @@ class SeqRecConfig:
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
     seed: int = field(default=0, metadata={"help": "generation seed"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
-    dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bfloat16, float16, or auto (bfloat16 where native)"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
 
 

@@ -8,29 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import typing
 from collections.abc import Sequence
-from typing import Any, Literal
 
+from genrec_core import add_config_args, run_main
 from genrec_trainer import __version__
-from genrec_trainer._config import config_fields, load_config, recipe_path, recipes
-from genrec_trainer._errors import TrainerError
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("config fields (override the config file)")
-    for f, hint in config_fields():
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if hint is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(hint) is Literal:
-            group.add_argument(flag, choices=typing.get_args(hint), **kwargs)
-        elif typing.get_origin(hint) is tuple:
-            group.add_argument(flag, metavar="A,B,...", **kwargs)
-        else:
-            group.add_argument(flag, type=hint, metavar=f.name.upper(), **kwargs)
+from genrec_trainer._config import TrainConfig, load_config, recipe_path, recipes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors"
     )
-    _add_config_flags(train)
+    group = train.add_argument_group("config fields (override the config file)")
+    add_config_args(group, TrainConfig, suppress_defaults=True)
     sub.add_parser("recipes", help="list the shipped recipes and where they are")
     return parser
 
@@ -59,22 +42,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "recipes":
-            for name in recipes():
-                print(f"{name}\t{recipe_path(name)}")
-            return 0
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "recipe", "debug")}
-        path = recipe_path(args.recipe) if args.recipe else args.config
-        config = load_config(path, **overrides)
-        from genrec_trainer._train import train
+    # ValueError too: tokenizers and datasets report unreadable input that way.
+    return run_main(parser.prog, lambda: _run(args), debug=args.debug, errors=(ValueError,))
 
-        result = train(config)
-    except (TrainerError, FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "recipes":
+        for name in recipes():
+            print(f"{name}\t{recipe_path(name)}")
+        return 0
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "recipe", "debug")}
+    if "target_modules" in overrides:
+        # Both `--target-modules q_proj k_proj` and the older `--target-modules q_proj,k_proj`.
+        overrides["target_modules"] = [m for v in overrides["target_modules"] for m in v.split(",") if m]
+    path = recipe_path(args.recipe) if args.recipe else args.config
+    config = load_config(path, **overrides)
+    from genrec_trainer._train import train
+
+    result = train(config)
     if result.world_size == 1 or _rank() == 0:
         print(
             f"trained {result.steps} steps in {result.seconds:.1f}s "

