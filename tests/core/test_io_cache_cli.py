@@ -197,3 +197,34 @@ def test_private_cache_dir_is_owner_only(tmp_path: Path, monkeypatch: pytest.Mon
     f = folder / "x.so"
     f.write_bytes(b"abc")
     assert sha256_file(f) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Needs:
+    features: Path = field(metadata={"help": "features folder"})
+    lam: float = field(default=0.1, metadata={"help": "weight"})
+
+
+def test_required_fields_renamed_flags_and_dispatch(capsys: pytest.CaptureFixture[str]) -> None:
+    from genrec_core import command_parser, dispatch
+
+    parser, sub = command_parser("genrec-x", "a tool", "1.2.3")
+    p = sub.add_parser("select")
+    add_config_args(p, _Needs, flags={"lam": "--lambda"})
+    seen: list[_Needs] = []
+
+    def run(args: argparse.Namespace) -> int:
+        cfg = config_from_args(_Needs, args)
+        if cfg.lam < 0:
+            raise GenrecError(f"--lambda must be >= 0, got {cfg.lam}")
+        seen.append(cfg)
+        return 0
+
+    assert dispatch(parser, ["select", "--features", "f", "--lambda", "0.5"], run) == 0
+    assert seen == [_Needs(features=Path("f"), lam=0.5)]
+    assert dispatch(parser, ["select", "--features", "f", "--lambda", "-1"], run) == 2
+    assert capsys.readouterr().err == "genrec-x: error: --lambda must be >= 0, got -1.0\n"
+    with pytest.raises(SystemExit) as info:
+        dispatch(parser, ["select"], run)
+    assert info.value.code == 2 and "--features" in capsys.readouterr().err
+    assert dispatch(parser, [], run) == 0 and "COMMAND" in capsys.readouterr().out

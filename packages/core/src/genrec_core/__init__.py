@@ -21,7 +21,7 @@ from genrec_core._cache import (
     private_cache_dir,
     sha256_file,
 )
-from genrec_core._cli import add_config_args, config_from_args, run_main
+from genrec_core._cli import add_config_args, command_parser, config_from_args, dispatch, run_main
 from genrec_core._contracts import (
     CHECKINS,
     CONTRACTS,
@@ -85,8 +85,10 @@ __all__ = [
     "atomic_write_parquet",
     "atomic_write_text",
     "cache_dir",
+    "command_parser",
     "config_from_args",
     "contracts_markdown",
+    "dispatch",
     "fingerprint",
     "locked",
     "private_cache_dir",

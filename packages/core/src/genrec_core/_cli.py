@@ -14,13 +14,13 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from genrec_core._errors import GenrecError
 
-__all__ = ["add_config_args", "config_from_args", "run_main"]
+__all__ = ["add_config_args", "command_parser", "config_from_args", "dispatch", "run_main"]
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -47,12 +47,14 @@ def add_config_args(
     unset_defaults: bool = False,
     suppress_defaults: bool = False,
     prefix_help: str = "",
+    flags: Mapping[str, str] | None = None,
 ) -> None:
     """Add one ``--option`` per init field of the dataclass ``cls`` to ``parser``.
 
     ``unset_defaults``: options default to None, so the dataclass default applies unless given (two
     configs can then share one command). ``suppress_defaults``: an option not given is absent from the
-    namespace (for overrides on top of a config file).
+    namespace (for overrides on top of a config file). A field without a default is a required option
+    (unless one of those two is set). ``flags`` renames options (``{"lam": "--lambda"}``).
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -60,20 +62,25 @@ def add_config_args(
             continue
         tp = _unwrap_optional(hints[f.name])
         origin = typing.get_origin(tp)
+        required = False
         if f.default is not dataclasses.MISSING:
             default: Any = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = None
+            required = not (unset_defaults or suppress_defaults)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{prefix_help}{f.metadata.get('help', '')} (default: {shown})".strip()
+        help_text = f"{prefix_help}{f.metadata.get('help', '')}" + ("" if required else f" (default: {shown})")
+        help_text = help_text.strip()
         if suppress_defaults:
             default = argparse.SUPPRESS
         elif unset_defaults:
             default = None
         kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": help_text}
-        flag = "--" + f.name.replace("_", "-")
+        if required:
+            kwargs["required"] = True
+        flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif origin is typing.Literal:
@@ -129,3 +136,38 @@ def run_main(
         logging.getLogger(prog).debug("error", exc_info=True)
         return 2
     return int(rc or 0)
+
+
+def command_parser(
+    prog: str, description: str | None, version: str, *, verbose: bool = True
+) -> tuple[argparse.ArgumentParser, Any]:
+    """A command's parser with ``--version``, ``--debug`` (tracebacks) and ``-v/--verbose`` (progress
+    logs), and its sub-command table (``dest="command"``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    if verbose:
+        parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return parser, parser.add_subparsers(dest="command", metavar="COMMAND")
+
+
+def dispatch(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    run: Callable[[argparse.Namespace], int | None],
+    *,
+    errors: tuple[type[BaseException], ...] = (),
+    log_level: int | None = None,
+) -> int:
+    """Parse ``argv``, print the help when no sub-command is given, set up logging (INFO with
+    ``--verbose``, or ``log_level``), and run ``run(args)`` through :func:`run_main`."""
+    args = parser.parse_args(argv)
+    if getattr(args, "command", "") is None:
+        parser.print_help()
+        return 0
+    level = logging.INFO if getattr(args, "verbose", False) else log_level
+    if level is not None:
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    return run_main(parser.prog, lambda: run(args), debug=bool(getattr(args, "debug", False)), errors=errors)
