@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from genrec_evaluator._metrics import grouped_metrics
+from genrec_evaluator._metrics import grouped_metrics, ranking_metrics
 
 USER_GROUPS = ("inactive", "normal", "very active")
 LENGTH_GROUPS = ("short", "middle", "long")
+HISTORY_GROUPS = ("in history", "not in history")
+# "visited POI id 12" (GenUP prompts) or "POI ids 3, 4, 5": ids the model can read off the prompt.
+_PROMPT_POIS = re.compile(r"POI ids?\s+(\d+(?:\s*,\s*\d+)*)")
 
 
 def _thirds(frame: pl.DataFrame, key: str, value: str, labels: Sequence[str], out: str) -> pl.DataFrame:
@@ -61,7 +65,8 @@ def trajectory_length_groups(records: pl.DataFrame) -> pl.DataFrame:
 
 
 def add_groups(records: pl.DataFrame, train: pl.DataFrame | None) -> pl.DataFrame:
-    """``records`` with ``user_group`` (needs ``train``) and ``length_group`` columns."""
+    """``records`` with ``user_group`` (needs ``train``), ``length_group`` and ``answer_in_history``
+    (when the records carry histories or prompts) columns."""
     out = records
     if train is not None and {"user_id", "trajectory_id"} <= set(train.columns):
         groups = user_activity_groups(records, train)
@@ -72,6 +77,10 @@ def add_groups(records: pl.DataFrame, train: pl.DataFrame | None) -> pl.DataFram
         out = out.with_columns(pl.col("trajectory_id").cast(pl.String)).join(
             trajectory_length_groups(records), on="trajectory_id", how="left", maintain_order="left"
         )
+    if "target_poi_idx" in out.columns:
+        seen = answer_in_history(out)
+        if seen is not None:
+            out = out.with_columns(pl.Series("answer_in_history", seen[0], dtype=pl.Boolean))
     return out
 
 
@@ -82,20 +91,63 @@ def category_names(train: pl.DataFrame | None) -> dict[int, str]:
     return dict(zip(pairs["category_idx"].to_list(), pairs["category_name"].to_list()))
 
 
-def breakdowns(
-    records: pl.DataFrame, ranks: np.ndarray, names: Mapping[int, str] | None = None
-) -> dict[str, Any]:
-    """Per-group metrics: ``by_user_activity``, ``by_length`` and ``by_category`` (when available)."""
-    out: dict[str, Any] = {}
+def answer_in_history(records: pl.DataFrame) -> tuple[np.ndarray, str] | None:
+    """Whether each record's answer POI already appears in what the model reads, and from where that
+    was read: the ``history_poi_idx`` column, ids parsed from the ``prompt`` (which may hold earlier
+    trajectories too), or both (their union). ``None`` when neither is available."""
+    targets = records["target_poi_idx"].to_list()
+    seen: list[set[int]] = [set() for _ in targets]
+    sources = []
+    if "history_poi_idx" in records.columns:
+        hist = records["history_poi_idx"].to_list()
+        if any(h for h in hist):
+            sources.append("history_poi_idx")
+            for s, h in zip(seen, hist):
+                s.update(int(x) for x in (h or []) if x is not None)
+    if "prompt" in records.columns:
+        found = False
+        for s, prompt in zip(seen, records["prompt"].to_list()):
+            for match in _PROMPT_POIS.finditer(prompt or ""):
+                found = True
+                s.update(int(x) for x in re.findall(r"\d+", match[1]))
+        if found:
+            sources.append("prompt")
+    if not sources:
+        return None
+    flags = np.array([t in s for t, s in zip(targets, seen)], dtype=bool)
+    return flags, " + ".join(sources)
+
+
+def history_labels(flags: np.ndarray) -> list[str]:
+    return [HISTORY_GROUPS[0] if f else HISTORY_GROUPS[1] for f in flags]
+
+
+def group_labels(records: pl.DataFrame, names: Mapping[int, str] | None = None) -> dict[str, tuple[list[str], Sequence[str] | None]]:
+    """Each available breakdown (``by_user_activity``, ``by_length``, ``by_category``, ``by_history``)
+    as (one label per record, the order of the groups or ``None`` for sorted)."""
+    out: dict[str, tuple[list[str], Sequence[str] | None]] = {}
     if "user_group" in records.columns:
-        out["by_user_activity"] = grouped_metrics(ranks, records["user_group"].to_list(), order=USER_GROUPS)
+        out["by_user_activity"] = ([str(g) for g in records["user_group"].to_list()], USER_GROUPS)
     if "length_group" in records.columns:
-        out["by_length"] = grouped_metrics(ranks, records["length_group"].to_list(), order=LENGTH_GROUPS)
+        out["by_length"] = ([str(g) for g in records["length_group"].to_list()], LENGTH_GROUPS)
     if "target_category_idx" in records.columns:
         names = names or {}
-        labels = [names.get(c, str(c)) if c is not None else "unknown" for c in records["target_category_idx"]]
-        out["by_category"] = grouped_metrics(ranks, labels)
+        out["by_category"] = ([names.get(c, str(c)) if c is not None else "unknown" for c in records["target_category_idx"]], None)
+    if "answer_in_history" in records.columns:
+        out["by_history"] = (history_labels(records["answer_in_history"].to_numpy()), HISTORY_GROUPS)
     return out
+
+
+def breakdowns(
+    records: pl.DataFrame, ranks: np.ndarray, names: Mapping[int, str] | None = None,
+    *, metric_fn: Callable[[np.ndarray], dict[str, Any]] = ranking_metrics,
+) -> dict[str, Any]:
+    """Per-group metrics (each group's ``metric_fn``): ``by_user_activity``, ``by_length``,
+    ``by_category`` and ``by_history`` (answer already in the prompt or not), when available."""
+    return {
+        key: grouped_metrics(ranks, labels, order=order, metric_fn=metric_fn)
+        for key, (labels, order) in group_labels(records, names).items()
+    }
 
 
 def cross_city_matrix(

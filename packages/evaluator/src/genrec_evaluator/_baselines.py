@@ -7,15 +7,23 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import polars as pl
 
-from genrec_evaluator._analysis import add_groups, breakdowns, category_names
+from genrec_evaluator._analysis import (
+    HISTORY_GROUPS,
+    add_groups,
+    answer_in_history,
+    category_names,
+    group_labels,
+)
 from genrec_evaluator._errors import EvaluatorError
-from genrec_evaluator._metrics import ranking_metrics
+from genrec_evaluator._metrics import rank_columns, ranking_metrics
 from genrec_evaluator._records import check_next_poi_records
 from genrec_evaluator._result import PREDICTION_SCHEMA, EvaluationResult
+from genrec_evaluator._stats import DEFAULT_N_BOOT, Uncertainty, compare_columns, joint_intervals, scope
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +40,14 @@ class BaselineConfig:
     top_k: int = field(
         default=100, metadata={"help": "length of each ranked list (MRR is truncated at this rank)"}
     )
-    seed: int = field(default=0, metadata={"help": "seed of the random baseline"})
+    seed: int = field(default=0, metadata={"help": "seed of the random baseline and of the bootstrap"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval"})
+    split_records: int | None = field(
+        default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
+    )
 
     def __post_init__(self) -> None:
+        Uncertainty(n_boot=self.n_boot)
         unknown = [s for s in self.systems if s not in BASELINES]
         if unknown:
             raise EvaluatorError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
@@ -155,12 +168,69 @@ def baseline_predictions(
     return out
 
 
-def system_metrics(records: pl.DataFrame, predictions: pl.DataFrame, names: dict[int, str]) -> dict:
-    ranks = predictions["target_rank"].to_numpy()
-    metrics: dict = ranking_metrics(ranks)
-    metrics["invalid"] = int((~predictions["valid"]).sum())
-    metrics.update(breakdowns(records, ranks, names))
+def system_metrics(
+    records: pl.DataFrame, predictions: pl.DataFrame, names: dict[int, str], u: Uncertainty | None = None
+) -> dict:
+    """One system's metrics, overall and per group, each with its ``ci``."""
+    return next_poi_metrics(records, {"system": predictions}, names, u or Uncertainty(), model=None)["system"]
+
+
+def next_poi_metrics(
+    records: pl.DataFrame, predictions: dict[str, pl.DataFrame], names: dict[int, str], u: Uncertainty,
+    *, model: str | None = "model",
+) -> dict[str, dict[str, Any]]:
+    """Every system's metrics with intervals, overall and per group; the model's dict gains ``vs``: its
+    paired comparison with each baseline on the same records.
+
+    All systems (and the model's differences to each) go through one bootstrap per group: the same
+    resamples for everyone, drawn once.
+    """
+    ranks = {s: p["target_rank"].to_numpy() for s, p in predictions.items()}
+    metrics: dict[str, dict[str, Any]] = {s: ranking_metrics(r) for s, r in ranks.items()}
+    for s, p in predictions.items():
+        invalid = int((~p["valid"]).sum())
+        metrics[s]["invalid"] = invalid
+        metrics[s]["invalid_rate"] = invalid / max(1, p.height)
+    columns = {s: rank_columns(r) for s, r in ranks.items()}
+    for s, ci in joint_intervals(columns, u).items():
+        metrics[s]["ci"] = ci
+    for key, (labels, order) in group_labels(records, names).items():
+        label_arr = np.asarray(labels, dtype=object)
+        keys = list(order) if order is not None else sorted(set(labels))
+        for s in metrics:
+            metrics[s][key] = {}
+        for g in keys:
+            mask = label_arr == g
+            if not mask.any():
+                continue
+            sub = {s: {k: v[mask] for k, v in cols.items()} for s, cols in columns.items()}
+            cis = joint_intervals(sub, u)
+            for s, r in ranks.items():
+                metrics[s][key][g] = {**ranking_metrics(r[mask]), "ci": cis[s]}
+    if model is not None and model in predictions:
+        metrics[model]["vs"] = {
+            s: compare_columns(columns[model], cols, u) for s, cols in columns.items() if s != model
+        }
     return metrics
+
+
+def next_poi_protocol(
+    records: pl.DataFrame, metrics: dict[str, dict[str, Any]], u: Uncertainty,
+    *, split_records: int | None, how: str | None, model: str | None = None,
+) -> dict[str, Any]:
+    """What a reviewer needs to weigh the numbers: scope, answer-in-history share, invalid outputs."""
+    out = scope(records.height, split_records, how)
+    out["uncertainty"] = u.describe()
+    seen = answer_in_history(records)
+    if seen is not None:
+        flags, source = seen
+        out["answer_in_history"] = {
+            "share": float(flags.mean()), "n_in": int(flags.sum()), "n_out": int((~flags).sum()), "source": source,
+            "acc@1": {s: {g: m.get("by_history", {}).get(g, {}).get("acc@1") for g in HISTORY_GROUPS} for s, m in metrics.items()},
+        }
+    if model is not None and model in metrics:
+        out["invalid_rate"] = metrics[model]["invalid_rate"]
+    return out
 
 
 def run_baselines(
@@ -173,6 +243,7 @@ def run_baselines(
     backing off to the user's most frequent POIs and then global popularity.
     """
     config = config or BaselineConfig()
+    u = Uncertainty(n_boot=config.n_boot, seed=config.seed)
     start = time.perf_counter()
     train = _train_only(train)
     num_pois = int(train["poi_idx"].max()) + 1  # type: ignore[arg-type]
@@ -180,7 +251,8 @@ def run_baselines(
     grouped = add_groups(checked, train)
     names = category_names(train)
     predictions = baseline_predictions(grouped, train, config)
-    metrics = {s: system_metrics(grouped, p, names) for s, p in predictions.items()}
+    metrics = next_poi_metrics(grouped, predictions, names, u)
+    protocol = next_poi_protocol(grouped, metrics, u, split_records=config.split_records, how=None)
     seconds = time.perf_counter() - start
     log.info("baselines on %d records in %.2fs", grouped.height, seconds)
     return EvaluationResult(
@@ -188,6 +260,6 @@ def run_baselines(
         metrics=metrics,
         predictions=predictions,
         records=grouped,
-        meta={"baselines": list(config.systems), "top_k": config.top_k},
+        meta={"baselines": list(config.systems), "top_k": config.top_k, "protocol": protocol},
         seconds=seconds,
     )

@@ -92,6 +92,11 @@ def _summary(result: Any, out: Path) -> None:
     for system, m in result.metrics.items():
         vals = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if isinstance(v, float))
         print(f"  {system}: {vals}")
+    from genrec_evaluator._report import PRIMARY
+    from genrec_evaluator._stats import summary_sentences
+
+    for sentence in summary_sentences(result.metrics, PRIMARY.get(result.task, "acc@1")):
+        print(f"  {sentence}")
 
 
 def _run(args: argparse.Namespace) -> int:

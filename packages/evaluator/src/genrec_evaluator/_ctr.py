@@ -17,6 +17,15 @@ from genrec_evaluator._io import read_records
 from genrec_evaluator._metrics import auc
 from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._result import EvaluationResult
+from genrec_evaluator._stats import (
+    DEFAULT_N_BOOT,
+    Uncertainty,
+    auc_interval,
+    compare_auc,
+    compare_columns,
+    mean_intervals,
+    scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +38,38 @@ class CtrConfig:
     no: str = field(default="No", metadata={"help": "the negative answer word"})
     format: Literal["auto", "prompt", "messages"] = field(default="auto", metadata={"help": "prompt rendering"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
-    seed: int = field(default=0, metadata={"help": "seed of the random baseline"})
+    seed: int = field(default=0, metadata={"help": "seed of the random baseline and of the bootstrap"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval"})
+    split_records: int | None = field(
+        default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
+    )
     device: str = field(default="cpu", metadata={"help": "torch device"})
     dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bfloat16, float16, or auto (bfloat16 where native)"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        Uncertainty(n_boot=self.n_boot)
+
+
+def ctr_metrics(labels: np.ndarray, scores: dict[str, np.ndarray], u: Uncertainty, *, model: str = "model") -> dict[str, dict[str, Any]]:
+    """``auc`` and ``accuracy`` (P > 0.5) of each system's scores with intervals; the model's dict gains
+    ``vs``: DeLong for AUC, exact McNemar for accuracy, against every other system."""
+    y = np.asarray(labels).astype(int)
+    correct = {name: ((s > 0.5) == (y == 1)).astype(np.float64) for name, s in scores.items()}
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, s in scores.items():
+        acc_ci, _ = mean_intervals({"accuracy": correct[name]}, u)
+        metrics[name] = {
+            "auc": auc(y, s), "accuracy": float(correct[name].mean()), "n": int(y.size),
+            "ci": {"auc": auc_interval(y, s, u), **acc_ci},
+        }
+    if model in scores:
+        metrics[model]["vs"] = {
+            name: {"auc": compare_auc(y, scores[model], s, u),
+                   **compare_columns({"accuracy": correct[model]}, {"accuracy": correct[name]}, u)}
+            for name, s in scores.items() if name != model
+        }
+    return metrics
 
 
 def read_ctr_records(path: str | Path, *, split: str | None = "test") -> pl.DataFrame:
@@ -86,7 +123,10 @@ def evaluate_ctr(
     config = config or CtrConfig()
     start = time.perf_counter()
     records = _check(records)
-    if config.limit is not None:
+    split_records = config.split_records if config.split_records is not None else records.height
+    how = None
+    if config.limit is not None and config.limit < records.height:
+        how = f"the first {config.limit} (limit)"
         records = records.head(config.limit)
     scorer: Any
     if isinstance(model, Scorer):
@@ -111,22 +151,21 @@ def evaluate_ctr(
         p_yes[i] = p_yes_from_logprobs(lp[0], lp[1])
     labels = records["label"].to_numpy().astype(int)
     rng = np.random.default_rng(config.seed)
-    systems = {"model": p_yes, "random": rng.random(records.height)}
-    metrics: dict[str, dict[str, Any]] = {}
-    for name, scores in systems.items():
-        metrics[name] = {
-            "auc": auc(labels, scores),
-            "accuracy": float(np.mean((scores > 0.5) == (labels == 1))),
-            "n": int(records.height),
-        }
+    # The majority baseline scores every record with the positive rate: AUC 0.5, accuracy of the
+    # majority class (ties at exactly 0.5 read as "No", which is then also a majority class).
+    prior = float(labels.mean())
+    scores = {"model": p_yes, "random": rng.random(records.height), "majority": np.full(records.height, prior)}
+    u = Uncertainty(n_boot=config.n_boot, seed=config.seed)
+    metrics = ctr_metrics(labels, scores, u)
     metrics["model"]["mean_p_yes"] = float(p_yes.mean())
-    metrics["majority"] = {"auc": 0.5, "accuracy": float(max(labels.mean(), 1 - labels.mean())), "n": int(records.height)}
+    protocol = {**scope(records.height, split_records, how), "uncertainty": u.describe()}
     predictions = {
         "model": pl.DataFrame({"record_id": records["record_id"].cast(pl.String), "p_yes": p_yes, "label": labels})
     }
     return EvaluationResult(
         task="ctr", metrics=metrics, predictions=predictions, records=records,
         meta={"model": str(model) if not isinstance(model, Scorer) else type(model).__name__,
-              "adapter": str(adapter) if adapter else None, "yes": config.yes, "no": config.no},
+              "adapter": str(adapter) if adapter else None, "yes": config.yes, "no": config.no,
+              "protocol": protocol},
         seconds=time.perf_counter() - start,
     )

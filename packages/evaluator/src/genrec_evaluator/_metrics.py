@@ -10,7 +10,8 @@ the target in the ranked list (``r = inf`` when it is absent):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,17 +131,33 @@ def seqrec_metrics(ranks: Iterable[float], *, ks: Sequence[int] = SEQREC_KS) -> 
     return out
 
 
+def rank_columns(
+    ranks: Iterable[float], *, ks: Sequence[int] = NEXT_POI_KS, ndcg_ks: Sequence[int] = NDCG_KS,
+    hit_name: str = "acc",
+) -> dict[str, np.ndarray]:
+    """Per-record values whose means are the metrics of :func:`ranking_metrics` (``hit_name="hr"``
+    for the names of :func:`seqrec_metrics`): hit indicators, NDCG gains and reciprocal ranks."""
+    r = _ranks(ranks)
+    out = {f"{hit_name}@{k}": (r <= k).astype(np.float64) for k in ks}
+    out.update({f"ndcg@{k}": np.where(r <= k, 1.0 / np.log2(np.minimum(r, k) + 1.0), 0.0) for k in ndcg_ks})
+    if hit_name == "acc":
+        out["mrr"] = np.where(np.isfinite(r), 1.0 / r, 0.0)
+    return out
+
+
 def grouped_metrics(
-    ranks: np.ndarray, groups: Sequence[object], *, order: Sequence[object] | None = None
-) -> dict[str, dict[str, float]]:
-    """:func:`ranking_metrics` per group label (labels become strings; empty groups are left out)."""
+    ranks: np.ndarray, groups: Sequence[object], *, order: Sequence[object] | None = None,
+    metric_fn: Callable[[np.ndarray], dict[str, Any]] = ranking_metrics,
+) -> dict[str, dict[str, Any]]:
+    """``metric_fn`` (default :func:`ranking_metrics`) per group label (labels become strings; empty
+    groups are left out)."""
     labels = np.asarray([str(g) for g in groups], dtype=object)
     keys = [str(g) for g in order] if order is not None else sorted(set(labels.tolist()))
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for key in keys:
         mask = labels == key
         if mask.any():
-            out[key] = ranking_metrics(ranks[mask])
+            out[key] = metric_fn(ranks[mask])
     return out
 
 

@@ -20,12 +20,14 @@ from genrec_evaluator._baselines import (
     _ranked_lists,
     _train_only,
     baseline_predictions,
-    system_metrics,
+    next_poi_metrics,
+    next_poi_protocol,
 )
 from genrec_evaluator._errors import EvaluatorError
 from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._records import check_next_poi_records
 from genrec_evaluator._result import PREDICTION_SCHEMA, EvaluationResult
+from genrec_evaluator._stats import DEFAULT_N_BOOT, Uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,11 @@ class NextPoiConfig:
     typical_p: float = field(default=1.0, metadata={"help": "generate: typical-p"})
     repetition_penalty: float = field(default=1.0, metadata={"help": "generate: repetition penalty"})
     max_new_tokens: int = field(default=8, metadata={"help": "generate: new tokens"})
-    seed: int = field(default=0, metadata={"help": "seed of sampling and of the random baseline"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, of the random baseline and of the bootstrap"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval (and permutation draws)"})
+    split_records: int | None = field(
+        default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
+    )
     baselines: tuple[str, ...] = field(default=BASELINES, metadata={"help": "baselines reported beside the model"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
     device: str = field(default="cpu", metadata={"help": "torch device"})
@@ -72,6 +78,7 @@ class NextPoiConfig:
             raise EvaluatorError(f"mode must be ranked or generate, got {self.mode!r}")
         if self.candidates not in ("all", "popularity", "user_frequent", "markov"):
             raise EvaluatorError(f"candidates must be all, popularity, user_frequent or markov, got {self.candidates!r}")
+        Uncertainty(n_boot=self.n_boot)
         for name in ("top_n", "save_top", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise EvaluatorError(f"config field {name} must be >= 1, got {getattr(self, name)}")
@@ -185,7 +192,10 @@ def evaluate_next_poi(
     train_rows = _train_only(train) if train is not None else None
     num_pois = int(train_rows["poi_idx"].max()) + 1 if train_rows is not None else None  # type: ignore[arg-type]
     checked = check_next_poi_records(records, num_pois=num_pois)
-    if config.limit is not None:
+    split_records = config.split_records if config.split_records is not None else checked.height
+    how = None
+    if config.limit is not None and config.limit < checked.height:
+        how = f"the first {config.limit} (limit)"
         checked = checked.head(config.limit)
     fit = train_rows if train_rows is not None else _history_train(checked)
     grouped = add_groups(checked, train_rows)
@@ -219,7 +229,9 @@ def evaluate_next_poi(
     base_config = BaselineConfig(systems=config.baselines, seed=config.seed, top_k=max(config.save_top, 10))
     predictions = {"model": model_preds, **baseline_predictions(grouped, fit, base_config)}
     names = category_names(train_rows)
-    metrics = {s: system_metrics(grouped, p, names) for s, p in predictions.items()}
+    u = Uncertainty(n_boot=config.n_boot, seed=config.seed)
+    metrics = next_poi_metrics(grouped, predictions, names, u)
+    protocol = next_poi_protocol(grouped, metrics, u, split_records=split_records, how=how, model="model")
     seconds = time.perf_counter() - start
     log.info("next-POI %s evaluation of %d records in %.1fs", config.mode, grouped.height, seconds)
     meta: dict[str, Any] = {
@@ -229,6 +241,7 @@ def evaluate_next_poi(
         "candidates": config.candidates if config.mode == "ranked" else None,
         "baselines_fitted_on": "train check-ins" if train_rows is not None else "record histories (no train data)",
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
+        "protocol": protocol,
     }
     return EvaluationResult(
         task="next_poi", metrics=metrics, predictions=predictions, records=grouped, meta=meta, seconds=seconds

@@ -19,9 +19,10 @@ from genrec_core import (
     atomic_write_text,
     validate_metrics,
 )
-from genrec_evaluator._analysis import LENGTH_GROUPS, USER_GROUPS, cross_city_matrix
+from genrec_evaluator._analysis import HISTORY_GROUPS, LENGTH_GROUPS, USER_GROUPS, cross_city_matrix
 from genrec_evaluator._errors import EvaluatorError
 from genrec_evaluator._result import EvaluationResult
+from genrec_evaluator._stats import format_p, summary_sentences
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +71,50 @@ def _figure() -> Any:
     return plt
 
 
+def _errors(values: Sequence[float], cis: Sequence[Mapping[str, float] | None]) -> np.ndarray | None:
+    """Asymmetric error bars (2, k) from intervals; ``None`` when no interval is known."""
+    if not any(cis):
+        return None
+    low = [v - c["low"] if c and c.get("low") is not None else 0.0 for v, c in zip(values, cis)]
+    high = [c["high"] - v if c and c.get("high") is not None else 0.0 for v, c in zip(values, cis)]
+    # Float round-off can put a point a hair outside its own interval; bars cannot be negative.
+    return np.clip(np.array([low, high], dtype=float), 0.0, None)
+
+
 def plot_systems(metrics: Mapping[str, Mapping[str, Any]], keys: Sequence[str], path: Path) -> Path:
-    """Grouped bars: each metric in ``keys`` for each system (model against baselines)."""
+    """Grouped bars: each metric in ``keys`` for each system (model against baselines), with the
+    interval under ``ci`` as error bars and the record count in the legend."""
     plt = _figure()
     systems = list(metrics)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys) * max(1, len(systems)) / 2), 4))
     width = 0.8 / max(1, len(systems))
     x = np.arange(len(keys))
     for i, s in enumerate(systems):
-        ax.bar(x + i * width, [float(metrics[s].get(k, 0.0)) for k in keys], width, label=s)
+        values = [float(metrics[s].get(k, 0.0) or 0.0) for k in keys]
+        cis = [metrics[s].get("ci", {}).get(k) for k in keys]
+        label = f"{s} (n={metrics[s]['n']})" if "n" in metrics[s] else s
+        ax.bar(x + i * width, values, width, label=label, yerr=_errors(values, cis), capsize=2)
     ax.set_xticks(x + width * (len(systems) - 1) / 2, keys)
-    ax.set_ylabel("value")
+    ax.set_ylabel("value (bars: 95% interval)")
     ax.set_title("model against baselines")
     ax.legend(fontsize=8)
     return _save_png(fig, path)
 
 
+def group_tick_labels(metrics: Mapping[str, Mapping[str, Any]], key: str, order: Sequence[str]) -> list[str]:
+    """``"short (n=9)"``: each group with its record count (the same records for every system)."""
+    labels = []
+    for g in order:
+        n = next((m[key][g]["n"] for m in metrics.values() if g in m.get(key, {})), 0)
+        labels.append(f"{g} (n={n})")
+    return labels
+
+
 def plot_groups(
     metrics: Mapping[str, Mapping[str, Any]], key: str, order: Sequence[str], metric: str, path: Path
 ) -> Path | None:
-    """Grouped bars: ``metric`` per group (``key`` = ``by_user_activity`` / ``by_length``) per system."""
+    """Grouped bars: ``metric`` per group (``key`` = ``by_user_activity`` / ``by_length`` / ``by_history``)
+    per system, with intervals as error bars and each group's n in its label."""
     systems = [s for s in metrics if key in metrics[s]]
     if not systems:
         return None
@@ -99,9 +124,11 @@ def plot_groups(
     x = np.arange(len(order))
     for i, s in enumerate(systems):
         groups = metrics[s][key]
-        ax.bar(x + i * width, [float(groups.get(g, {}).get(metric, 0.0)) for g in order], width, label=s)
-    ax.set_xticks(x + width * (len(systems) - 1) / 2, list(order))
-    ax.set_ylabel(metric)
+        values = [float(groups.get(g, {}).get(metric, 0.0)) for g in order]
+        cis = [groups.get(g, {}).get("ci", {}).get(metric) for g in order]
+        ax.bar(x + i * width, values, width, label=s, yerr=_errors(values, cis), capsize=2)
+    ax.set_xticks(x + width * (len(systems) - 1) / 2, group_tick_labels(metrics, key, order))
+    ax.set_ylabel(f"{metric} (bars: 95% interval)")
     ax.set_title(f"{metric} {key.replace('_', ' ')}")
     ax.legend(fontsize=8)
     return _save_png(fig, path)
@@ -130,6 +157,14 @@ def _flat_metrics(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[st
     return {s: {k: v for k, v in m.items() if not isinstance(v, dict)} for s, m in metrics.items()}
 
 
+PRIMARY = {"next_poi": "acc@1", "seqrec": "ndcg@10", "ctr": "auc"}
+GROUP_SECTIONS = (
+    ("by_user_activity", USER_GROUPS, "user_activity.png", "By user activity (thirds of users by train trajectories)"),
+    ("by_length", LENGTH_GROUPS, "trajectory_length.png", "By trajectory length (thirds of test trajectories)"),
+    ("by_history", HISTORY_GROUPS, "answer_in_history.png", "By whether the answer POI already appears in the prompt"),
+)
+
+
 def write_report(result: EvaluationResult, out_dir: str | Path, *, plots: bool = True) -> Path:
     """Write ``result`` under ``out_dir``: ``predictions/<system>.parquet`` (and ``predictions.parquet``
     for the model), ``metrics.json``, ``run.json``, ``report.md`` and PNG plots. Returns ``out_dir``."""
@@ -154,11 +189,8 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, plots: bool =
     images: list[Path] = []
     if plots and flat:
         main = [k for k in HEADLINE.get(result.task, ()) if any(k in m for m in flat.values())] or keys
-        images.append(plot_systems(flat, main, out / "plots" / "systems.png"))
-        for key, order, name in (
-            ("by_user_activity", USER_GROUPS, "user_activity.png"),
-            ("by_length", LENGTH_GROUPS, "trajectory_length.png"),
-        ):
+        images.append(plot_systems(result.metrics, main, out / "plots" / "systems.png"))
+        for key, order, name, _ in GROUP_SECTIONS:
             metric = "acc@1" if result.task == "next_poi" else main[0]
             img = plot_groups(result.metrics, key, order, metric, out / "plots" / name)
             if img is not None:
@@ -166,6 +198,47 @@ def write_report(result: EvaluationResult, out_dir: str | Path, *, plots: bool =
     atomic_write_text(out / "report.md", _report_md(result, keys, images, out))
     log.info("wrote evaluation to %s", out)
     return out
+
+
+def _with_ci(m: Mapping[str, Any], key: str) -> str:
+    v = m.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return "" if v is None else str(v)
+    ci = m.get("ci", {}).get(key)
+    if isinstance(v, int) and not ci:
+        return str(v)
+    text = f"{v:.4f}"
+    if ci and ci.get("low") is not None and np.isfinite(ci["low"]):
+        text += f" [{ci['low']:.4f}, {ci['high']:.4f}]"
+    return text
+
+
+def _protocol_lines(result: EvaluationResult) -> list[str]:
+    p = result.meta.get("protocol") or {}
+    lines = []
+    if "scored" in p:
+        lines.append(f"- Scored: {p['scored']}.")
+    u = p.get("uncertainty")
+    if u:
+        lines.append(
+            f"- Intervals: {u['level']:.0%} {u['method']} ({u['n_boot']} resamples, seed {u['seed']}), shown as "
+            "`value [low, high]`. Comparisons are paired on the same records: exact McNemar for hit rates and "
+            "accuracy, a sign-flip permutation test for NDCG and MRR, DeLong for AUC; two-sided, alpha = 0.05."
+        )
+    h = p.get("answer_in_history")
+    if h:
+        acc = h.get("acc@1", {}).get("model")
+        tail = ""
+        if acc:
+            parts = [f"{acc[g]:.4f} {g}" for g in HISTORY_GROUPS if acc.get(g) is not None]
+            tail = f" Model acc@1: {', '.join(parts)}."
+        lines.append(
+            f"- Answer already in the prompt's history: {h['share']:.1%} of records ({h['n_in']} of "
+            f"{h['n_in'] + h['n_out']}; read from {h['source']}).{tail}"
+        )
+    if "invalid_rate" in p and result.meta.get("mode") != "ranked":
+        lines.append(f"- Invalid outputs (no parseable answer, counted as misses): {p['invalid_rate']:.1%} of records.")
+    return lines
 
 
 def _report_md(result: EvaluationResult, keys: Sequence[str], images: Sequence[Path], out: Path) -> str:
@@ -176,30 +249,43 @@ def _report_md(result: EvaluationResult, keys: Sequence[str], images: Sequence[P
         adapter = f", adapter `{result.meta['adapter']}`" if result.meta.get("adapter") else ""
         mode = f", mode {result.meta['mode']}" if result.meta.get("mode") else ""
         lines.append(f"Model: `{result.meta['model']}`{adapter}{mode}.")
+    protocol = _protocol_lines(result)
+    if protocol:
+        lines += ["", "## Protocol", "", *protocol]
+    primary = PRIMARY.get(result.task, "acc@1")
+    level = (result.meta.get("protocol") or {}).get("uncertainty", {}).get("level", 0.95)
+    summary = summary_sentences(result.metrics, primary, level=level)
+    if summary:
+        lines += ["", "## Summary", "", *summary]
     lines += ["", "## Overall", ""]
-    rows = [[s, *[m.get(k, "") for k in keys]] for s, m in _flat_metrics(result.metrics).items()]
-    lines += [_markdown_table(["system", *keys], rows), ""]
-    for key, title in (
-        ("by_user_activity", "By user activity (thirds of users by train trajectories)"),
-        ("by_length", "By trajectory length (thirds of test trajectories)"),
-    ):
+    shown = [k for k in keys if k not in ("invalid", "invalid_rate")]
+    extra = [k for k in ("invalid_rate",) if k in keys]
+    rows = [[s, m.get("n", ""), *[_with_ci(m, k) for k in shown], *[_fmt(m.get(k, "")) for k in extra]]
+            for s, m in result.metrics.items()]
+    lines += [_markdown_table(["system", "n", *shown, *extra], rows), ""]
+    vs = result.metrics.get("model", {}).get("vs", {})
+    if vs:
+        lines += ["## Model against each baseline (paired, same records)", "",
+                  "difference model - baseline [95% interval], two-sided p", ""]
+        metrics_vs = [k for k in shown if any(k in c for c in vs.values())]
+        rows = [[b, *[(f"{c[k]['diff']:+.4f} [{c[k]['low']:+.4f}, {c[k]['high']:+.4f}], {format_p(c[k]['p'])}" if k in c else "")
+                      for k in metrics_vs]] for b, c in vs.items()]
+        lines += [_markdown_table(["baseline", *metrics_vs], rows), ""]
+    metric = "acc@1" if result.task == "next_poi" else primary
+    for key, groups, _, title in GROUP_SECTIONS:
         systems = [s for s in result.metrics if key in result.metrics[s]]
         if not systems:
             continue
-        groups = USER_GROUPS if key == "by_user_activity" else LENGTH_GROUPS
-        lines += [f"## {title}", "", "acc@1 (records)", ""]
-        header = ["system", *[f"{g}" for g in groups]]
-        rows = [
-            [s, *[f"{result.metrics[s][key].get(g, {}).get('acc@1', float('nan')):.4f} ({result.metrics[s][key].get(g, {}).get('n', 0)})" for g in groups]]
-            for s in systems
-        ]
+        lines += [f"## {title}", "", f"{metric} [95% interval]", ""]
+        header = ["system", *group_tick_labels(result.metrics, key, groups)]
+        rows = [[s, *[_with_ci(result.metrics[s][key].get(g, {}), metric) for g in groups]] for s in systems]
         lines += [_markdown_table(header, rows), ""]
     systems = [s for s in result.metrics if "by_category" in result.metrics[s]]
     if systems:
         first = result.metrics[systems[0]]["by_category"]
         top = sorted(first, key=lambda c: -first[c]["n"])[:15]
-        lines += ["## By target category (15 most frequent), acc@1", ""]
-        rows = [[c, first[c]["n"], *[result.metrics[s]["by_category"].get(c, {}).get("acc@1", float("nan")) for s in systems]] for c in top]
+        lines += ["## By target category (15 most frequent), acc@1 [95% interval]", ""]
+        rows = [[c, first[c]["n"], *[_with_ci(result.metrics[s]["by_category"].get(c, {}), "acc@1") for s in systems]] for c in top]
         lines += [_markdown_table(["category", "n", *systems], rows), ""]
     if images:
         lines += ["## Plots", ""]

@@ -23,7 +23,12 @@ class EvaluationResult:
     ``metrics`` maps each system (the model, when there is one, and every baseline) to its metrics
     (``acc@1``, ``acc@5``, ``acc@10``, ``ndcg@5``, ``ndcg@10``, ``mrr``, ``n`` and, for a model,
     ``invalid``) with per-group breakdowns under ``by_user_activity``, ``by_length`` and
-    ``by_category``. ``predictions`` maps each system to its predictions table
+    ``by_category`` (and ``by_history``: answer already in the prompt or not). Every system dict and
+    every group dict has ``ci``: ``{metric: {"low", "high"}}``, the 95% percentile-bootstrap interval;
+    the model's dict has ``vs``: ``{baseline: {metric: {"diff", "low", "high", "p", "test", "n",
+    "verdict", ...}}}``, paired comparisons on the same records. ``meta["protocol"]`` says what was
+    scored (``n``, ``split_records``, ``full_split``), the answer-in-history share and the invalid
+    rate. ``predictions`` maps each system to its predictions table
     (``record_id, ranked, generated, valid, target_rank``). ``records`` holds the evaluated records with
     their analysis groups (``user_group``, ``length_group``).
     """

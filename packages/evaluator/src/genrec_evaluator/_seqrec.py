@@ -16,9 +16,10 @@ import polars as pl
 from genrec_evaluator._embed import Embedder, HashingEmbedder, HiddenStateEmbedder, SentenceEmbedder
 from genrec_evaluator._errors import EvaluatorError
 from genrec_evaluator._io import _read_table_file
-from genrec_evaluator._metrics import SEQREC_KS, seqrec_metrics
+from genrec_evaluator._metrics import SEQREC_KS, rank_columns, seqrec_metrics
 from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._result import EvaluationResult
+from genrec_evaluator._stats import DEFAULT_N_BOOT, Uncertainty, compare_columns, mean_intervals, scope
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,24 @@ class SeqRecConfig:
     format: Literal["auto", "prompt", "messages"] = field(default="auto", metadata={"help": "prompt rendering"})
     save_top: int = field(default=20, metadata={"help": "items kept in each saved ranked list"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
-    seed: int = field(default=0, metadata={"help": "generation seed"})
+    seed: int = field(default=0, metadata={"help": "generation seed and bootstrap seed"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval (and permutation draws)"})
+    split_records: int | None = field(
+        default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
+    )
     device: str = field(default="cpu", metadata={"help": "torch device"})
     dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bfloat16, float16, or auto (bfloat16 where native)"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        Uncertainty(n_boot=self.n_boot)
+
+
+def _columns(rank_all: np.ndarray, rank_sampled: np.ndarray | None) -> dict[str, np.ndarray]:
+    cols = rank_columns(rank_all, ks=SEQREC_KS, ndcg_ks=SEQREC_KS, hit_name="hr")
+    if rank_sampled is not None:
+        cols.update({f"sampled_{k}": v for k, v in rank_columns(rank_sampled, ks=SEQREC_KS, ndcg_ks=SEQREC_KS, hit_name="hr").items()})
+    return cols
 
 
 def read_items(path: str | Path) -> pl.DataFrame:
@@ -97,7 +112,10 @@ def evaluate_seqrec(
     missing = [c for c in ("record_id", "target_item_id") if c not in records.columns]
     if missing:
         raise EvaluatorError(f"seqrec records: missing column(s) {missing}; have {records.columns}")
-    if config.limit is not None:
+    split_records = config.split_records if config.split_records is not None else records.height
+    how = None
+    if config.limit is not None and config.limit < records.height:
+        how = f"the first {config.limit} (limit)"
         records = records.head(config.limit)
     nulls = records.with_row_index("_row").filter(pl.col("target_item_id").is_null())
     if nulls.height:
@@ -157,11 +175,17 @@ def evaluate_seqrec(
     sq = (item_vecs**2).sum(1)
     ranked_lists = [item_ids[np.argsort(sq - 2.0 * item_vecs @ g, kind="stable")[: config.save_top]].tolist() for g in gen_vecs]
     rank_all = _ranks_by_distance(gen_vecs, item_vecs, target_pos)
+    rank_s = _ranks_by_distance(gen_vecs, item_vecs, target_pos, subsets) if subsets is not None else None
+    columns = {"model": _columns(rank_all, rank_s)}
     metrics: dict[str, dict[str, Any]] = {"model": seqrec_metrics(rank_all)}
-    if subsets is not None:
-        rank_s = _ranks_by_distance(gen_vecs, item_vecs, target_pos, subsets)
+    if rank_s is not None:
         metrics["model"].update({f"sampled_{k}": v for k, v in seqrec_metrics(rank_s).items() if k != "n"})
-    metrics["model"]["exact_title"] = float(np.mean([t == s for t, s in zip(titles, items["title"].to_numpy()[target_pos])]))
+    exact = np.asarray([t == s for t, s in zip(titles, items["title"].to_numpy()[target_pos])], dtype=np.float64)
+    metrics["model"]["exact_title"] = float(exact.mean())
+    columns["model"]["exact_title"] = exact
+    invalid = sum(1 for t in titles if not t)
+    metrics["model"]["invalid"] = invalid
+    metrics["model"]["invalid_rate"] = invalid / len(titles)
 
     # Popularity baseline: items ranked by how often they appear in the records' histories.
     if "history_item_ids" in records.columns:
@@ -175,9 +199,18 @@ def evaluate_seqrec(
         pos[order] = np.arange(len(item_ids))
         pop_all = pos[target_pos] + 1.0
         metrics["popularity"] = seqrec_metrics(pop_all)
+        pop_s = None
         if subsets is not None:
             pop_s = np.array([1 + np.sum(pos[s] < pos[s[0]]) for s in subsets], dtype=float)
             metrics["popularity"].update({f"sampled_{k}": v for k, v in seqrec_metrics(pop_s).items() if k != "n"})
+        columns["popularity"] = _columns(pop_all, pop_s)
+
+    u = Uncertainty(n_boot=config.n_boot, seed=config.seed)
+    for name, cols in columns.items():
+        metrics[name]["ci"] = mean_intervals(cols, u)[0]
+    metrics["model"]["vs"] = {name: compare_columns(columns["model"], cols, u) for name, cols in columns.items() if name != "model"}
+    protocol = {**scope(records.height, split_records, how), "uncertainty": u.describe(),
+                "invalid_rate": metrics["model"]["invalid_rate"]}
 
     predictions = {
         "model": pl.DataFrame(
@@ -189,6 +222,7 @@ def evaluate_seqrec(
     return EvaluationResult(
         task="seqrec", metrics=metrics, predictions=predictions, records=records,
         meta={"model": str(model) if model is not None and not isinstance(model, Scorer) else type(model).__name__,
-              "adapter": str(adapter) if adapter else None, "grounding": config.grounding, "ks": list(SEQREC_KS)},
+              "adapter": str(adapter) if adapter else None, "grounding": config.grounding, "ks": list(SEQREC_KS),
+              "protocol": protocol},
         seconds=seconds,
     )
