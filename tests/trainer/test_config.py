@@ -118,3 +118,84 @@ def test_import_is_cheap() -> None:
         "import sys, genrec_trainer; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "shown"),
+    [
+        ({"lr": float("nan")}, "lr", "nan"),
+        ({"lr": float("inf")}, "lr", "inf"),
+        ({"lr": 0.0}, "lr", "0.0"),
+        ({"lr": -1e-4}, "lr", "-0.0001"),
+        ({"max_steps": -1}, "max_steps", "-1"),
+        ({"epochs": -2}, "epochs", "-2"),
+        ({"warmup_steps": -1}, "warmup_steps", "-1"),
+        ({"eval_every": -1}, "eval_every", "-1"),
+        ({"save_every": -5}, "save_every", "-5"),
+        ({"batch_size": 0}, "batch_size", "0"),
+        ({"batch_size": -3}, "batch_size", "-3"),
+        ({"grad_accum": 0}, "grad_accum", "0"),
+        ({"log_every": 0}, "log_every", "0"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints", "0"),
+        ({"max_steps": 10, "warmup_steps": 10}, "warmup_steps", "10"),
+        ({"max_steps": 3, "warmup_steps": 20}, "warmup_steps", "20"),
+        ({"max_length": 0}, "max_length", "0"),
+        ({"lora_r": 0}, "lora_r", "0"),
+        ({"lora_alpha": 0.0}, "lora_alpha", "0.0"),
+        ({"lora_alpha": float("nan")}, "lora_alpha", "nan"),
+        ({"lora_dropout": 1.0}, "lora_dropout", "1.0"),
+        ({"lora_dropout": -0.1}, "lora_dropout", "-0.1"),
+        ({"lora_dropout": float("nan")}, "lora_dropout", "nan"),
+        ({"weight_decay": -0.01}, "weight_decay", "-0.01"),
+        ({"weight_decay": float("inf")}, "weight_decay", "inf"),
+        ({"max_grad_norm": float("nan")}, "max_grad_norm", "nan"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm", "-1.0"),
+        ({"seed": -1}, "seed", "-1"),
+        ({"seed": 2**64}, "seed", str(2**64)),
+        ({"dtype": "float8"}, "dtype", "float8"),
+        ({"quantization": "nf5"}, "quantization", "nf5"),
+        ({"mixed_precision": "fp8"}, "mixed_precision", "fp8"),
+        ({"scheduler": "step"}, "scheduler", "step"),
+        ({"format": "xml"}, "format", "xml"),
+        ({"mode": "qlora"}, "mode", "qlora"),
+        ({"device": "tpu"}, "device", "tpu"),
+        ({"device": "cuda:first"}, "device", "cuda:first"),
+        ({"model": " "}, "model", ""),
+        ({"output": ""}, "output", ""),
+        ({"target_modules": ("q_proj", "")}, "target_modules", "q_proj"),
+        ({"liger": True, "device": "cpu"}, "liger", "cpu"),
+        ({"fsdp_cpu_offload": True, "device": "cpu"}, "fsdp_cpu_offload", "cpu"),
+    ],
+)
+def test_every_data_free_check_runs_at_construction(overrides: dict, field: str, shown: str) -> None:
+    for build in (lambda: TrainConfig(**overrides), lambda: load_config(None, **overrides)):
+        with pytest.raises(TrainerError) as exc:
+            build()
+        message = str(exc.value)
+        assert "\n" not in message
+        assert repr(field) in message or f"field '{field}'" in message, message
+        assert shown in message, message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_steps", 2.5),
+        ("batch_size", True),
+        ("lr", "1e-3"),
+        ("truncation", 1),
+        ("target_modules", "q_proj"),
+    ],
+)
+def test_constructor_checks_types(field: str, value: object) -> None:
+    with pytest.raises(TrainerError, match=rf"config field '{field}' has a bad value") as exc:
+        TrainConfig(**{field: value})
+    assert "\n" not in str(exc.value)
+
+
+def test_valid_edge_values_pass() -> None:
+    # warm-up over an epoch-based run is judged only when the step count is known (from the data).
+    TrainConfig(epochs=1, max_steps=0, warmup_steps=50)
+    TrainConfig(max_steps=5, warmup_steps=4, lora_dropout=0.0, max_grad_norm=0.0, weight_decay=0.0)
+    TrainConfig(device="cuda:1", liger=True, seed=2**32 - 1)
+    TrainConfig(lr=1, lora_alpha=8)  # ints where floats are declared: TOML writes them so

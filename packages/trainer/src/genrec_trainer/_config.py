@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
@@ -16,7 +18,7 @@ from genrec_trainer._errors import TrainerError
 Quantization = Literal["none", "nf4", "int8"]
 Mode = Literal["lora", "full"]
 Scheduler = Literal["cosine", "linear", "constant"]
-Format = Literal["auto", "prompt", "messages"]
+Format = Literal["auto", "prompt", "messages", "text"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MixedPrecision = Literal["none", "bf16", "fp16"]
 
@@ -49,9 +51,10 @@ class TrainConfig:
     format: Format = field(
         default="auto",
         metadata={
-            "help": "'prompt' trains on prompt→completion, 'messages' on the messages column rendered with the "
-            "model's chat template; 'auto' picks messages when the column is present and the tokenizer "
-            "has a chat template"
+            "help": "'prompt' trains on prompt→completion (strings, or lists of {role, content} messages "
+            "rendered with the chat template), 'messages' on the assistant replies of the messages column "
+            "rendered with the chat template, 'text' on the whole text column; 'auto' picks messages when "
+            "the column is present and the tokenizer has a chat template, then prompt+completion, then text"
         },
     )
     max_length: int = field(default=2048, metadata={"help": "maximum tokens per training sequence"})
@@ -146,6 +149,10 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        # Everything that can be judged without data or a model is judged here, so that a bad value
+        # fails before records are read or weights are downloaded (and not after hours of training).
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name))
         positive = ("max_length", "lora_r", "batch_size", "grad_accum", "log_every", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) < 1:
@@ -155,25 +162,80 @@ class TrainConfig:
                 raise TrainerError(f"config field {name!r} must be >= 0, got {getattr(self, name)!r}")
         if self.epochs == 0 and self.max_steps == 0:
             raise TrainerError("config: one of 'epochs' or 'max_steps' must be > 0")
-        if not self.lr > 0:
-            raise TrainerError(f"config field 'lr' must be > 0, got {self.lr!r}")
+        if self.max_steps > 0 and self.warmup_steps >= self.max_steps:
+            raise TrainerError(
+                f"config field 'warmup_steps' must be < max_steps ({self.max_steps}), got {self.warmup_steps!r}"
+            )
+        if not 0 <= self.seed < 2**32:
+            raise TrainerError(f"config field 'seed' must be in [0, 2**32), got {self.seed!r}")
+        # NaN compares false with everything, so each test is written to fail on it.
+        for name in ("lr", "lora_alpha"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise TrainerError(f"config field {name!r} must be a finite number > 0, got {value!r}")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise TrainerError(f"config field {name!r} must be a finite number >= 0, got {value!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise TrainerError(f"config field 'lora_dropout' must be in [0, 1), got {self.lora_dropout!r}")
-        if self.max_grad_norm < 0:
-            raise TrainerError(f"config field 'max_grad_norm' must be >= 0, got {self.max_grad_norm!r}")
         for name, hint in _LITERALS.items():
             value = getattr(self, name)
             if value not in hint:
                 raise TrainerError(f"config field {name!r} must be one of {list(hint)}, got {value!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise TrainerError(f"config field 'device' must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
+            raise TrainerError(
+                f"config field 'device' must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+        if not self.model.strip():
+            raise TrainerError(
+                "config field 'model' is empty: give a model folder, .gguf file, hub id or alias"
+            )
+        if not self.output.strip():
+            raise TrainerError("config field 'output' is empty: give the folder to write the run into")
         if not self.target_modules and self.mode == "lora":
             raise TrainerError("config field 'target_modules' is empty: LoRA needs at least one module")
+        blank = [m for m in self.target_modules if not m.strip()]
+        if blank:
+            raise TrainerError(
+                f"config field 'target_modules' holds an empty name: {list(self.target_modules)!r}"
+            )
         if self.mode == "full" and self.quantization != "none":
             raise TrainerError(
                 f"config: mode 'full' cannot train quantised ({self.quantization}) weights; "
                 "use mode 'lora' or quantization 'none'"
             )
+        if self.liger and self.device == "cpu":
+            raise TrainerError(
+                "config field 'liger' needs CUDA (liger-kernel has no CPU kernels), but device is 'cpu'"
+            )
+        if self.fsdp_cpu_offload and self.device == "cpu":
+            raise TrainerError(
+                "config field 'fsdp_cpu_offload' needs CUDA devices (the parameters already live on the CPU), "
+                "but device is 'cpu'"
+            )
+
+
+def _check_type(name: str, value: Any) -> None:
+    """The field's declared type, checked for direct construction (``load_config`` coerces already)."""
+    hint = _HINTS[name]
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return  # the choice itself is checked with the other values
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif hint is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    else:  # pragma: no cover
+        raise AssertionError(f"unhandled config type {hint!r}")
+    if not ok:
+        raise TrainerError(f"config field {name!r} has a bad value {value!r} (expected {_describe(hint)})")
 
 
 _HINTS = typing.get_type_hints(TrainConfig)

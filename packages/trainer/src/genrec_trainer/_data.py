@@ -125,16 +125,43 @@ def _split_of(relative: Path) -> str | None:
     return None
 
 
+#: Columns each trainable format reads (TRL's dataset formats, standard or conversational).
+_FORMAT_COLUMNS = {"prompt": ("prompt", "completion"), "messages": ("messages",), "text": ("text",)}
+
+_PROMPT_ONLY = (
+    "prompt-only records (TRL's format for online methods) have no completion to learn; add a "
+    "'completion' column, or name the column 'text' to train on the whole text"
+)
+
+
 def resolve_format(frame: pl.DataFrame, fmt: str, tokenizer: Any, *, path: str | Path, role: str) -> str:
+    """The format records are trained in: ``prompt`` (prompt + completion, strings or message lists),
+    ``messages`` (a conversation, loss on assistant replies) or ``text`` (language modelling)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
+    columns = frame.columns
     if fmt == "auto":
-        fmt = "messages" if "messages" in frame.columns and has_template else "prompt"
-    need = ["prompt", "completion"] if fmt == "prompt" else ["messages"]
-    missing = [c for c in need if c not in frame.columns]
+        if "messages" in columns and has_template:
+            fmt = "messages"
+        elif "prompt" in columns and "completion" in columns:
+            fmt = "prompt"
+        elif "messages" in columns:
+            fmt = "messages"
+        elif "text" in columns:
+            fmt = "text"
+        elif "prompt" in columns:
+            raise TrainerError(f"{role} records {path}: {_PROMPT_ONLY} (columns: {columns})")
+        else:
+            raise TrainerError(
+                f"{role} records {path}: no known record format (columns: {columns}); expected "
+                "'prompt' + 'completion', 'messages' or 'text' (strings or lists of {role, content} messages)"
+            )
+    need = _FORMAT_COLUMNS[fmt]
+    missing = [c for c in need if c not in columns]
     if missing:
+        hint = f"; {_PROMPT_ONLY}" if fmt == "prompt" and "prompt" in columns else ""
         raise TrainerError(
             f"{role} records {path}: missing column(s) {missing} needed by format {fmt!r} "
-            f"(columns: {frame.columns})"
+            f"(columns: {columns}){hint}"
         )
     if fmt == "messages" and not has_template:
         raise TrainerError("format 'messages' needs a chat template, and the tokenizer of the model has none")
@@ -198,44 +225,21 @@ def tokenize_records(
     """Token ids and labels for every record; labels are ``-100`` outside completion/assistant text."""
     fmt = resolve_format(frame, fmt, tokenizer, path=path, role=role)
     ids_col = frame["record_id"].cast(str).to_list() if "record_id" in frame.columns else None
-    eos = tokenizer.eos_token_id
     examples: list[Example] = []
     n_truncated = 0
-    columns = ["prompt", "completion"] if fmt == "prompt" else ["messages"]
-    for row_no, row in enumerate(frame.select(columns).iter_rows(named=True)):
+    for row_no, row in enumerate(frame.select(_FORMAT_COLUMNS[fmt]).iter_rows(named=True)):
         rid = ids_col[row_no] if ids_col is not None else f"row {row_no}"
+        where = _Where(role=role, path=path, rid=rid, row=row_no, columns=frame.columns)
         if fmt == "prompt":
-            prompt, completion = row["prompt"], row["completion"]
-            if prompt is None or completion is None:
-                raise TrainerError(f"{role} records {path}: record {rid!r} has a null prompt or completion")
-            p_ids = _encode(tokenizer, str(prompt), special=True)
-            c_ids = _encode(tokenizer, str(completion), special=False)
-            if eos is not None and (not c_ids or c_ids[-1] != eos):
-                c_ids.append(eos)
-            ids = p_ids + c_ids
-            labels = [IGNORE_INDEX] * len(p_ids) + c_ids
+            ids, labels = _prompt_completion(tokenizer, row["prompt"], row["completion"], where)
+        elif fmt == "messages":
+            ids, labels = _conversation(tokenizer, row["messages"], where)
         else:
-            messages = row["messages"]
-            if not messages:
-                raise TrainerError(f"{role} records {path}: record {rid!r} has no messages")
-            try:
-                segments = chat_segments(tokenizer, messages)
-            except (KeyError, TypeError) as exc:
-                raise TrainerError(
-                    f"{role} records {path}: record {rid!r}: messages must be a list of "
-                    f"{{role, content}}: {exc}"
-                ) from exc
-            except ValueError as exc:
-                raise TrainerError(f"{role} records {path}: record {rid!r}: {exc}") from exc
-            ids, labels = [], []
-            for text, trainable in segments:
-                piece = _encode(tokenizer, text, special=False)
-                ids += piece
-                labels += piece if trainable else [IGNORE_INDEX] * len(piece)
+            ids, labels = _text(tokenizer, row["text"], where)
         if all(label == IGNORE_INDEX for label in labels):
             raise TrainerError(
                 f"{role} records {path}: record {rid!r} has nothing to train on "
-                f"({'empty completion' if fmt == 'prompt' else 'no assistant message'})"
+                f"({'no assistant message' if fmt == 'messages' else 'empty completion'})"
             )
         if len(ids) > max_length:
             if not truncation:
@@ -256,6 +260,134 @@ def tokenize_records(
             max_length,
         )
     return TokenizedSet(examples=examples, n_records=len(examples), n_truncated=n_truncated, format=fmt)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Where:
+    """Names a record in error messages."""
+
+    role: str
+    path: str | Path
+    rid: str
+    row: int
+    columns: list[str]
+
+    def error(self, problem: str) -> TrainerError:
+        return TrainerError(
+            f"{self.role} records {self.path}: record {self.rid!r} (row {self.row}): {problem}"
+        )
+
+    def shape_error(self, problem: str) -> TrainerError:
+        return self.error(f"{problem} (columns: {self.columns})")
+
+
+def _messages(value: Any, column: str, where: _Where) -> list[dict[str, str]]:
+    """A list of {role, content} messages with string fields, or a one-line error naming the record."""
+    expected = "a list of {role, content} messages"
+    if column != "messages":
+        expected = "a string or " + expected
+    bad = where.shape_error(f"{column!r} must be {expected}, got {_shape(value)}")
+    if not isinstance(value, list | tuple):
+        raise bad
+    out = []
+    for m in value:
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise bad
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        inner = sorted(
+            {
+                type(v).__name__ if not isinstance(v, dict) else "{" + ", ".join(map(str, v)) + "}"
+                for v in value
+            }
+        )
+        return f"a list of {' / '.join(inner) or 'nothing'}"
+    return type(value).__name__
+
+
+def _prompt_completion(
+    tokenizer: Any, prompt: Any, completion: Any, where: _Where
+) -> tuple[list[int], list[int]]:
+    if prompt is None or completion is None:
+        raise TrainerError(
+            f"{where.role} records {where.path}: record {where.rid!r} has a null prompt or completion"
+        )
+    if isinstance(prompt, str) and isinstance(completion, str):
+        eos = tokenizer.eos_token_id
+        p_ids = _encode(tokenizer, prompt, special=True)
+        c_ids = _encode(tokenizer, completion, special=False)
+        if eos is not None and (not c_ids or c_ids[-1] != eos):
+            c_ids.append(eos)
+        return p_ids + c_ids, [IGNORE_INDEX] * len(p_ids) + c_ids
+    if isinstance(prompt, str) or isinstance(completion, str):
+        raise where.shape_error(
+            f"prompt and completion must both be strings or both be message lists, got "
+            f"{_shape(prompt)} and {_shape(completion)}"
+        )
+    p_msgs = _messages(prompt, "prompt", where)
+    c_msgs = _messages(completion, "completion", where)
+    if not getattr(tokenizer, "chat_template", None):
+        raise where.error(
+            "conversational prompt/completion needs a chat template, and the tokenizer of the model has none"
+        )
+    if not c_msgs:
+        raise TrainerError(
+            f"{where.role} records {where.path}: record {where.rid!r} has nothing to train on (empty completion)"
+        )
+    # The completion is what the template adds after the prompt's generation prompt: exactly the
+    # tokens the model is asked to write when served the same prompt.
+    try:
+        prompt_text = _render(tokenizer, p_msgs, generation=True)
+        full = _render(tokenizer, p_msgs + c_msgs, generation=False)
+    except Exception as exc:  # jinja template errors
+        raise where.error(f"the chat template cannot render it: {exc}") from None
+    if not full.startswith(prompt_text):
+        raise where.error(
+            "the chat template's rendering of prompt + completion does not start with the prompt and its "
+            "generation prompt (does the completion start with an assistant message?)"
+        )
+    p_ids = _encode(tokenizer, prompt_text, special=False)
+    c_ids = _encode(tokenizer, full[len(prompt_text) :], special=False)
+    return p_ids + c_ids, [IGNORE_INDEX] * len(p_ids) + c_ids
+
+
+def _conversation(tokenizer: Any, messages: Any, where: _Where) -> tuple[list[int], list[int]]:
+    if messages is None or (isinstance(messages, list | tuple) and not messages):
+        raise TrainerError(f"{where.role} records {where.path}: record {where.rid!r} has no messages")
+    msgs = _messages(messages, "messages", where)
+    try:
+        segments = chat_segments(tokenizer, msgs)
+    except ValueError as exc:
+        raise TrainerError(f"{where.role} records {where.path}: record {where.rid!r}: {exc}") from exc
+    except Exception as exc:  # jinja template errors
+        raise where.error(f"the chat template cannot render it: {exc}") from None
+    ids: list[int] = []
+    labels: list[int] = []
+    for text, trainable in segments:
+        piece = _encode(tokenizer, text, special=False)
+        ids += piece
+        labels += piece if trainable else [IGNORE_INDEX] * len(piece)
+    return ids, labels
+
+
+def _text(tokenizer: Any, text: Any, where: _Where) -> tuple[list[int], list[int]]:
+    if not isinstance(text, str):
+        raise where.shape_error(f"'text' must be a string, got {_shape(text)}")
+    if not text:
+        raise where.error("'text' is empty")
+    ids = _encode(tokenizer, text, special=True)
+    eos = tokenizer.eos_token_id
+    if eos is not None and ids[-1] != eos:
+        ids.append(eos)
+    return ids, list(ids)
 
 
 def _truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]]:

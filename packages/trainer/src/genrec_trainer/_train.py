@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from genrec_core import atomic_write_dir, atomic_write_json, atomic_write_text
 from genrec_core.models import ModelNotFoundError, ResolvedModel, takes_logits_to_keep
+from genrec_trainer._checkpoint import expect, load_rng, load_tensors, save_rng, save_tensors
 from genrec_trainer._config import TrainConfig
 from genrec_trainer._data import IGNORE_INDEX, Example, collate, pack, read_records, tokenize_records
 from genrec_trainer._errors import TrainerError
@@ -317,24 +317,6 @@ def _load_optimizer_state(
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
-def _rng_state() -> dict[str, Any]:
-    import torch
-
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import torch
-
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _checkpoints(output: Path) -> list[tuple[int, Path]]:
     folder = output / "checkpoints"
     if not folder.is_dir():
@@ -455,7 +437,9 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     torch.manual_seed(config.seed)
     model = load_model(model_path, config, device=device, distributed=dist_info.active)
     if dist_info.main:
-        base_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad})
+        base_dtypes = sorted(
+            {str(p.dtype).removeprefix("torch.") for p in model.parameters() if not p.requires_grad}
+        )
         logger.info("base weights in %s on %s (dtype=%s)", "/".join(base_dtypes) or "-", device, config.dtype)
     keep_logits = takes_logits_to_keep(model)
     if dist_info.active:
@@ -475,26 +459,46 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     found = _checkpoints(output) if config.resume else []
     if found:
         start_step, ckpt = found[-1]
-        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+        try:
+            state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+            state["config"].get("model")
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise TrainerError(
+                f"checkpoint file {ckpt / 'state.json'} cannot be read ({exc}); remove {ckpt} or set resume = false"
+            ) from None
         changed = [k for k in _RESUME_FIXED if state["config"].get(k) != config_record.get(k)]
         if changed:
             raise TrainerError(
                 f"output {output}: its checkpoint {ckpt.name} was made with different {changed}; "
                 "use a new output folder or resume = false"
             )
-        _load_trainable_state(model, torch.load(ckpt / "trainable.pt", map_location="cpu", weights_only=True))
-        _load_optimizer_state(
-            model,
-            optimizer,
-            torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False),
-            dist_info,
+        trainable = load_tensors(ckpt / "trainable.pt")
+        expect(
+            isinstance(trainable, dict) and all(isinstance(v, torch.Tensor) for v in trainable.values()),
+            ckpt / "trainable.pt",
+            "a dict of tensors",
         )
+        optim_state = load_tensors(ckpt / "optimizer.pt")
+        expect(
+            isinstance(optim_state, dict) and {"state", "param_groups"} <= set(optim_state),
+            ckpt / "optimizer.pt",
+            "an optimizer state",
+        )
+        _load_trainable_state(model, trainable)
+        try:
+            _load_optimizer_state(model, optimizer, optim_state, dist_info)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise TrainerError(
+                f"checkpoint file {ckpt / 'optimizer.pt'} does not fit this model's optimizer ({exc}); "
+                f"remove {ckpt} or set resume = false"
+            ) from None
         scheduler.load_state_dict(state["scheduler"])
         losses, tokens, target_tokens = list(state["losses"]), state["tokens"], state["target_tokens"]
         eval_losses = [(int(s), float(v)) for s, v in state["eval_losses"]]
-        rng_file = ckpt / f"rng-rank{dist_info.rank}.pt"
-        if rng_file.exists():
-            _set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+        if not load_rng(ckpt, dist_info.rank):
+            logger.warning(
+                "%s has no RNG state for rank %d: dropout after resume differs", ckpt, dist_info.rank
+            )
         log.truncate_after(start_step)
         logger.info("resumed from %s (step %d of %d)", ckpt, start_step, total_steps)
     elif dist_info.main:
@@ -512,10 +516,10 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
         if dist_info.main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            torch.save(trainable, tmp / "trainable.pt")
-            torch.save(optim_state, tmp / "optimizer.pt")
+            save_tensors(trainable, tmp / "trainable.pt")
+            save_tensors(optim_state, tmp / "optimizer.pt")
         _barrier(dist_info)
-        torch.save(_rng_state(), tmp / f"rng-rank{dist_info.rank}.pt")
+        save_rng(tmp, dist_info.rank)
         _barrier(dist_info)
         if dist_info.main:
             state = {
