@@ -39,6 +39,8 @@ def test_tiny_models_behave_like_their_family(tiny: dict[str, Path]) -> None:
         assert (ids[0] == tok.bos_token_id) is adds_bos, family
         assert ids.count(tok.bos_token_id) == (1 if adds_bos else 0)
         assert tok.decode(ids, skip_special_tokens=True) == "User 7 visited POI id 12."
+        text = "a\n\nb\tc"
+        assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text
         model = AutoModelForCausalLM.from_pretrained(path)
         out = model(torch.tensor([ids]))
         assert out.logits.shape == (1, len(ids), len(tok))

@@ -401,7 +401,8 @@ def build_tiny_model(
     for tok in [*special_tokens, *chars, *extra_tokens]:
         vocab.setdefault(tok, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk"]))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    # "." would not match a newline: every character, newlines included, is its own piece.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(special_tokens)
     if extra_tokens:
