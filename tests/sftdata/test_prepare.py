@@ -136,6 +136,22 @@ def test_load_prepared_missing_file(tmp_path) -> None:
         g.load_prepared(tmp_path)
 
 
+def test_load_prepared_holds_tables_to_the_checkins_contract(small_prepared: g.PreparedData, tmp_path) -> None:
+    """Prepared tables are read through genrec_core's CHECKINS contract: a bad value is one error
+    (a GenrecError) naming the file, the column and the row."""
+    from genrec_core import GenrecError
+
+    assert small_prepared.path is not None
+    for name in ("checkins", "train", "val", "test"):
+        frame = pl.read_parquet(small_prepared.path / f"{name}.parquet")
+        if name == "val":
+            frame = frame.with_columns(split=pl.when(pl.int_range(pl.len()) == 2).then(pl.lit("dev")).otherwise("split"))
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+    with pytest.raises(GenrecError, match=r"val\.parquet: column 'split' has 'dev' at row 2") as info:
+        g.load_prepared(tmp_path)
+    assert isinstance(info.value, g.SftDataError)
+
+
 def test_re_preparing_a_prepared_table_recomputes_its_columns(small_prepared: g.PreparedData) -> None:
     # The count filters are not idempotent (later rules remove rows), so switch them off: then the
     # splits (kept as given), codes and trajectories come back the same; only the trajectory numbers

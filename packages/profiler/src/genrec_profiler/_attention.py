@@ -23,12 +23,11 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genrec_profiler._models import cache_dir
+from genrec_core import atomic_write, cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -296,22 +295,27 @@ def _build() -> Path | None:
         logger.info("C compiler %s unusable (%s): decode attention stays on SDPA", compiler, exc)
         return None
     key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, version, _cpu_key()]).encode()).hexdigest()[:16]
-    folder = cache_dir() / "kernels"
-    target = folder / f"decode_attention-{key}.so"
+    target = cache_dir() / "kernels" / f"decode_attention-{key}.so"
     if target.is_file():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-        src = Path(tmp) / "decode_attention.c"
-        src.write_text(_SOURCE)
-        lib = Path(tmp) / "decode_attention.so"
-        proc = subprocess.run([compiler, *_FLAGS, str(src), "-o", str(lib), "-lm"], capture_output=True, text=True,
-                              timeout=300)
-        if proc.returncode != 0 or not lib.is_file():
-            logger.info("decode attention kernel did not build (%s): staying on SDPA", proc.stderr.strip()[-500:])
-            return None
-        os.replace(lib, target)  # atomic: a concurrent build of the same key writes the same bytes
-    return target
+
+    def compile_into(tmp: Path) -> None:
+        # The source goes in on stdin: the only file written is the library, built beside its target.
+        proc = subprocess.run([compiler, *_FLAGS, "-x", "c", "-", "-o", str(tmp), "-lm"], input=_SOURCE,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0 or tmp.stat().st_size == 0:
+            raise _BuildError(proc.stderr.strip()[-500:])
+
+    try:
+        # A concurrent build of the same key writes the same bytes: whichever lands last is as good.
+        return atomic_write(target, compile_into)
+    except _BuildError as exc:
+        logger.info("decode attention kernel did not build (%s): staying on SDPA", exc)
+        return None
+
+
+class _BuildError(RuntimeError):
+    """The C compiler rejected the kernel (its message is the exception's)."""
 
 
 def _bind(path: Path) -> Callable[..., int]:

@@ -9,24 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from genrec_core import add_config_args, config_from_args, run_main
 from genrec_profiler import __version__
-from genrec_profiler._errors import ProfilerError
 from genrec_profiler._generate import ProfilerConfig
-
-
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    """Options from ProfilerConfig's fields; their metadata drives --help."""
-    for f in dataclasses.fields(ProfilerConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        if f.name == "progress":
-            continue  # the CLI shows progress unless --no-progress
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=help_text)
-        elif f.name == "user_ids":
-            parser.add_argument(flag, nargs="+", default=None, metavar="USER", help=help_text)
-        else:
-            parser.add_argument(flag, type=int, default=f.default, metavar="N", help=f"{help_text} (default: {f.default})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write one profile per user")
     gen.add_argument("--data", required=True, help="prepared folder (genrec-sftdata) or a check-in parquet/csv")
     gen.add_argument("--backend", required=True, choices=("local", "openai", "template"))
-    gen.add_argument("--model", default=None, help="local: HF folder, .gguf file or 'smollm2' (default); openai: model name")
+    gen.add_argument("--model", default=None, help="local: HF folder, .gguf file, hub id org/name or 'smollm2' (default); openai: model name")
     gen.add_argument("--base-url", default=None, help="openai: server URL (default $OPENAI_BASE_URL or the OpenAI API)")
     gen.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable with the API key")
     gen.add_argument("--concurrency", type=int, default=8, help="openai: requests in flight; raises --batch-size to match (default: 8)")
@@ -54,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     gen.add_argument("--out", required=True, help="profiles parquet file")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_config_options(gen)
+    # progress: the command shows it unless --no-progress (the config's default is off).
+    add_config_args(gen, ProfilerConfig, skip=("progress",))
 
     stats = sub.add_parser("stats", help="attribute distributions, failures and cost of a profiles file")
     stats.add_argument("file", help="profiles parquet file")
@@ -91,13 +77,10 @@ def _generate(args: argparse.Namespace) -> int:
     from genrec_profiler._generate import generate_profiles
     from genrec_profiler._stats import profile_stats
 
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(ProfilerConfig) if f.name != "progress"}
-    if options["user_ids"] is not None:
-        options["user_ids"] = tuple(options["user_ids"])
-    if args.backend == "openai" and options["batch_size"] < args.concurrency:
+    config = config_from_args(ProfilerConfig, args, progress=not args.no_progress)
+    if args.backend == "openai" and config.batch_size < args.concurrency:
         # A batch is what the backend runs at once: smaller than the concurrency would leave slots idle.
-        options["batch_size"] = args.concurrency
-    config = ProfilerConfig(**options, progress=not args.no_progress)
+        config = dataclasses.replace(config, batch_size=args.concurrency)
     result = generate_profiles(args.data, config=config, client=_client(args), out=args.out)
     print(
         f"profiles: {result.path} ({result.n_users} users: {result.n_generated} generated, "
@@ -138,14 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"generate": _generate, "stats": _stats, "similar": _similar}
-    try:
-        return commands[args.command](args)
-    except (ProfilerError, FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-
+    # ValueError too: polars and numpy raise it on bad input deep inside a command.
+    return run_main(parser.prog, lambda: commands[args.command](args), debug=args.debug, errors=(ValueError,))
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

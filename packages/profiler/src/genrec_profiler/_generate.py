@@ -13,32 +13,19 @@ from typing import Any
 
 import polars as pl
 
+from genrec_core import PROFILES, atomic_write_parquet
 from genrec_profiler._client import Completion, LLMClient, ProfileRequest
 from genrec_profiler._digest import compute_digests, user_sentences
 from genrec_profiler._errors import ProfilerError
-from genrec_profiler._io import atomic_write_parquet
 from genrec_profiler._prompt import FittedPrompt, feedback_messages, fit_prompt
 from genrec_profiler._schema import ParsedProfile, parse_profile
 from genrec_profiler._template import template_profile
 
 logger = logging.getLogger(__name__)
 
-#: Columns of the profiles table (DESIGN.md §2 first, then ours).
+#: Columns of the profiles table: genrec_core's ``PROFILES`` contract first, then the profiler's own.
 PROFILE_SCHEMA: dict[str, Any] = {
-    "user_id": pl.String,
-    "traits": pl.List(pl.String),
-    "age": pl.String,
-    "gender": pl.String,
-    "education": pl.String,
-    "socioeco": pl.String,
-    "preferences": pl.List(pl.String),
-    "routines": pl.List(pl.String),
-    "summary": pl.String,
-    "backend": pl.String,
-    "model": pl.String,
-    "raw": pl.String,
-    "status": pl.String,
-    "error": pl.String,
+    **PROFILES.schema,
     "attempts": pl.Int32,
     "tokens_in": pl.Int64,
     "tokens_out": pl.Int64,
@@ -165,7 +152,7 @@ def _read_done(out: Path) -> pl.DataFrame:
 
 def _merge(out: Path) -> pl.DataFrame:
     """Fold the part files into ``out`` (atomically) and remove them; exactly one row per user."""
-    table = _read_done(out)
+    table = PROFILES.validate(_read_done(out), source=out)
     atomic_write_parquet(out, table)
     parts = parts_dir(out)
     if parts.is_dir():
@@ -340,7 +327,8 @@ def generate_profiles(
                     if parsed.status == "failed":
                         logger.warning("user %s: profile failed: %s", user, parsed.error)
                 parts.mkdir(parents=True, exist_ok=True)
-                atomic_write_parquet(parts / f"part-{next_part:06d}.parquet", pl.DataFrame(rows, schema=PROFILE_SCHEMA))
+                part = parts / f"part-{next_part:06d}.parquet"
+                atomic_write_parquet(part, PROFILES.validate(pl.DataFrame(rows, schema=PROFILE_SCHEMA), source=part))
                 next_part += 1
                 bar.update(len(batch))
     _merge(out_path)
@@ -359,10 +347,13 @@ def generate_profiles(
     )
 
 
-def read_profiles(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """The profiles table at ``path``, including batches of an unfinished run still in part files."""
+def read_profiles(path: str | os.PathLike[str], *, validate: bool = True) -> pl.DataFrame:
+    """The profiles table at ``path``, including batches of an unfinished run still in part files,
+    checked against genrec_core's ``PROFILES`` contract (the profiler's own columns come along).
+    ``validate=False`` reads any table as it is (statistics and similar users need only a few
+    columns)."""
     path = Path(path)
     if not path.is_file() and not parts_dir(path).is_dir():
         raise FileNotFoundError(f"{path}: no profiles table")
-    return _read_done(path)
-
+    table = _read_done(path)
+    return PROFILES.validate(table, source=path) if validate else table

@@ -224,17 +224,15 @@ def _resolve_dtype(dtype: str, device: str) -> str:
     if str(device).startswith("cuda"):
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     if str(device) == "cpu":
-        cpu: Any = getattr(torch, "cpu", None)
-        try:
-            native = bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
-        except AttributeError:  # an older torch without the probes
-            native = False
-        return "bfloat16" if native else "float32"
+        from genrec_core.models import cpu_has_native_bf16
+
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
     return "float32"
 
 
 class LocalBackend:
-    """Generate with a local model (HF folder, ``.gguf`` file or ``"smollm2"``, the default).
+    """Generate with a local model (HF folder, ``.gguf`` file, hub id ``org/name`` or ``"smollm2"``, the
+    default; see :func:`genrec_core.models.resolve_model`).
 
     Prompts are rendered with the tokenizer's chat template and generated in padded batches. Causal
     LMs continue from the last position, so padding goes on the LEFT: with right padding the shorter
@@ -272,13 +270,15 @@ class LocalBackend:
             raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
         if dtype not in _DTYPES:
             raise ProfilerError(f"LocalBackend: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        # Resolved before torch is imported: a bad model argument fails at once.
+        resolved = resolve_model(model)
+        # What profile rows record: the hub id or alias as given, never a cache folder.
+        self.model = resolved.name
+        self.path = path = resolved.path
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self._torch = torch
-        path = resolve_model(model)
-        self.model = "smollm2" if model is None or str(model).lower() == "smollm2" else str(model)
-        self.path = path
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -301,10 +301,9 @@ class LocalBackend:
         self.response_prefix = response_prefix
         self._batches = 0
         # The prefill reads no logits but the last position's (see _prefill).
-        import inspect
+        from genrec_core.models import takes_logits_to_keep
 
-        takes = "logits_to_keep" in inspect.signature(type(self.lm).forward).parameters
-        self._last_logits: dict[str, int] = {"logits_to_keep": 1} if takes else {}
+        self._last_logits: dict[str, int] = {"logits_to_keep": 1} if takes_logits_to_keep(self.lm) else {}
         # Our cache layers attend to everything before them: models with sliding-window layers keep
         # transformers' own cache (and its masks).
         config = self.lm.config

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from genrec_core import atomic_write_parquet
 from genrec_profiler._errors import ProfilerError
-from genrec_profiler._io import atomic_write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def similar_users(
     else:
         from genrec_profiler._generate import read_profiles
 
-        frame = read_profiles(profiles)
+        frame = read_profiles(profiles, validate=False)
     for col in ("user_id", "summary"):
         if col not in frame.columns:
             raise ProfilerError(f"profiles: missing column {col!r}")

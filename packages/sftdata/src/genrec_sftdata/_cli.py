@@ -7,79 +7,15 @@ import dataclasses
 import json
 import logging
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genrec_core import add_config_args, config_from_args, run_main
 from genrec_sftdata import __version__
 from genrec_sftdata._errors import SftDataError
 
 PROG = "genrec-sftdata"
-
-
-def _scalar_type(tp: Any) -> tuple[Any, bool]:
-    """(argparse type, optional) for a dataclass field annotation."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _scalar_type(args[0])[0], True
-    if origin is typing.Literal:
-        return str, False
-    if origin is tuple:
-        return str, False
-    return tp, False
-
-
-def add_config_args(
-    parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (), unset_defaults: bool = False,
-    prefix_help: str = "",
-) -> None:
-    """One ``--option`` per field of a frozen config dataclass; the field's help drives ``--help``.
-
-    With ``unset_defaults`` the options default to None (the dataclass default then applies), so two
-    configs can share a sub-command.
-    """
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        help_text = prefix_help + f.metadata.get("help", "")
-        tp, _ = _scalar_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if unset_defaults:
-            help_text = f"{help_text} (default: {default})"
-            default = None
-        if tp is bool:
-            parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
-                help=help_text + ("" if unset_defaults else f" (default: {default})"),
-            )
-        elif typing.get_origin(hints[f.name]) is tuple:
-            parser.add_argument(
-                flag, dest=f.name, nargs="+", default=default, help=help_text + ("" if unset_defaults else f" (default: {default})")
-            )
-        else:
-            choices = None
-            if typing.get_origin(hints[f.name]) is typing.Literal:
-                choices = list(typing.get_args(hints[f.name]))
-            parser.add_argument(
-                flag, dest=f.name, type=tp, default=default, choices=choices,
-                help=help_text + ("" if unset_defaults else f" (default: {default})"),
-            )
-
-
-def config_from_args(cls: type, args: argparse.Namespace, *, drop_none: bool = False, **extra: Any) -> Any:
-    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    if drop_none:
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    for f in dataclasses.fields(cls):
-        if typing.get_origin(typing.get_type_hints(cls)[f.name]) is tuple and f.name in kwargs:
-            kwargs[f.name] = tuple(kwargs[f.name])
-    kwargs.update(extra)
-    return cls(**kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -244,14 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    try:
-        return _run(args)
-    except (SftDataError, FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
+    # ValueError too: polars and numpy raise it on bad input deep inside a command.
+    return run_main(PROG, lambda: _run(args), debug=args.debug, errors=(ValueError,))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,39 +1,35 @@
-"""The check-in contract (DESIGN.md §2): column names, dtypes, and the checks that guard them."""
+"""The check-in contract (genrec_core's ``RAW_CHECKINS`` / ``CHECKINS``) and the normalisation that
+brings a reader's frame to it: times parsed and put in UTC, local time derived, then the contract's
+types and row rules."""
 
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any
 
 import polars as pl
 
+from genrec_core import CHECKINS, RAW_CHECKINS, SPLITS, Contract, ContractError
 from genrec_sftdata._errors import SftDataError
 
-RAW_COLUMNS: dict[str, Any] = {
-    "user_id": pl.String,
-    "poi_id": pl.String,
-    "category_id": pl.String,
-    "category_name": pl.String,
-    "latitude": pl.Float64,
-    "longitude": pl.Float64,
-    "local_time": pl.Datetime("us"),
-    "utc_time": pl.Datetime("us", "UTC"),
-}
-PREPARED_COLUMNS: dict[str, Any] = {
-    **RAW_COLUMNS,
-    "trajectory_id": pl.String,
-    "split": pl.String,
-    "user_idx": pl.Int64,
-    "poi_idx": pl.Int64,
-    "category_idx": pl.Int64,
-}
-SPLITS = ("train", "val", "test")
+__all__ = ["PREPARED_COLUMNS", "RAW_COLUMNS", "SPLITS", "normalize_checkins", "require_columns", "validated"]
+
+RAW_COLUMNS: dict[str, Any] = RAW_CHECKINS.schema
+PREPARED_COLUMNS: dict[str, Any] = CHECKINS.schema
 
 
-def _example(df: pl.DataFrame, mask: pl.Expr) -> tuple[int, dict[str, Any]]:
-    bad = df.with_row_index("__row").filter(mask).head(1)
-    row = bad.row(0, named=True)
-    return int(row.pop("__row")), row
+def validated(
+    contract: Contract, frame: pl.DataFrame | str | os.PathLike[str], *, source: str | os.PathLike[str] | None = None
+) -> pl.DataFrame:
+    """``contract.validate`` (or ``contract.read`` for a path) with its one-line message raised as this
+    package's error type, so that callers catching :class:`SftDataError` see contract violations too."""
+    try:
+        if isinstance(frame, (str, os.PathLike)):
+            return contract.read(frame)
+        return contract.validate(frame, source=source)
+    except ContractError as exc:
+        raise SftDataError(str(exc)) from exc
 
 
 def _parse_string_time(df: pl.DataFrame, col: str, *, source: str) -> pl.Series:
@@ -75,8 +71,9 @@ def require_columns(df: pl.DataFrame | pl.LazyFrame, columns: list[str], *, sour
 
 
 def normalize_checkins(df: pl.DataFrame, *, source: str) -> pl.DataFrame:
-    """Cast a frame to the raw contract, derive a missing local/UTC time from ``timezone`` minutes,
-    and reject unusable rows with an error that names the file, column, row and value."""
+    """Bring a frame to the raw check-in contract: parse times stored as text, put ``utc_time`` in UTC,
+    derive a missing local/UTC time from ``timezone`` minutes, then validate (types, no empty ids or
+    times, coordinates in range) with an error that names the file, column, row and value."""
     for col in ("utc_time", "local_time"):
         if col in df.columns and df.schema[col] == pl.String:
             df = df.with_columns(_parse_string_time(df, col, source=source))
@@ -88,60 +85,31 @@ def normalize_checkins(df: pl.DataFrame, *, source: str) -> pl.DataFrame:
                 - pl.duration(minutes=pl.col("timezone").cast(pl.Int64))
             ).dt.replace_time_zone("UTC")
         )
-    require_columns(df, [c for c in RAW_COLUMNS if c != "local_time"], source=source)
-    utc = df.schema["utc_time"]
-    if not isinstance(utc, pl.Datetime):
-        raise SftDataError(
-            f"{source}: column 'utc_time' must be a datetime, got {utc}; example row 0: {df.row(0, named=True)}"
-        )
-    utc_expr = pl.col("utc_time").cast(pl.Datetime(utc.time_unit))
-    if utc.time_zone is None:
-        utc_expr = utc_expr.dt.replace_time_zone("UTC")
-    else:
-        utc_expr = pl.col("utc_time").dt.convert_time_zone("UTC")
-    df = df.with_columns(utc_time=utc_expr.dt.cast_time_unit("us"))
-    if "local_time" not in df.columns:
-        if "timezone" in df.columns:
-            local = pl.col("utc_time").dt.replace_time_zone(None) + pl.duration(
-                minutes=pl.col("timezone").cast(pl.Int64)
+    if "utc_time" in df.columns:
+        utc = df.schema["utc_time"]
+        if not isinstance(utc, pl.Datetime):
+            raise SftDataError(
+                f"{source}: column 'utc_time' must be a datetime, got {utc}; example row 0: {df.row(0, named=True)}"
             )
+        # The local time below is derived from UTC wall-clock values: convert before deriving.
+        utc_expr = pl.col("utc_time").cast(pl.Datetime(utc.time_unit))
+        if utc.time_zone is None:
+            utc_expr = utc_expr.dt.replace_time_zone("UTC")
         else:
+            utc_expr = pl.col("utc_time").dt.convert_time_zone("UTC")
+        df = df.with_columns(utc_time=utc_expr.dt.cast_time_unit("us"))
+        if "local_time" not in df.columns:
             local = pl.col("utc_time").dt.replace_time_zone(None)
-        df = df.with_columns(local_time=local)
-    local_t = df.schema["local_time"]
-    if not isinstance(local_t, pl.Datetime):
-        raise SftDataError(f"{source}: column 'local_time' must be a datetime, got {local_t}")
-    if local_t.time_zone is not None:
-        df = df.with_columns(pl.col("local_time").dt.replace_time_zone(None))
+            if "timezone" in df.columns:
+                local = local + pl.duration(minutes=pl.col("timezone").cast(pl.Int64))
+            df = df.with_columns(local_time=local)
+    # Text coordinates (readers that keep every field as text) are numbers to the contract.
+    text_coords = [c for c in ("latitude", "longitude") if c in df.columns and df.schema[c] == pl.String]
     try:
-        df = df.with_columns(
-            pl.col("user_id").cast(pl.String),
-            pl.col("poi_id").cast(pl.String),
-            pl.col("category_id").cast(pl.String),
-            pl.col("category_name").cast(pl.String),
-            pl.col("latitude").cast(pl.Float64),
-            pl.col("longitude").cast(pl.Float64),
-            pl.col("local_time").dt.cast_time_unit("us"),
-        )
+        df = df.with_columns(pl.col(c).str.strip_chars().cast(pl.Float64) for c in text_coords)
     except pl.exceptions.PolarsError as exc:
-        raise SftDataError(f"{source}: cannot cast columns to the check-in contract: {exc}") from exc
-    for col in ("user_id", "poi_id", "local_time", "utc_time", "latitude", "longitude"):
-        if df[col].null_count():
-            row, example = _example(df, pl.col(col).is_null())
-            raise SftDataError(f"{source}: column {col!r} is empty or unparsable at row {row}: {example}")
-    bad_coord = (
-        pl.col("latitude").is_nan()
-        | pl.col("longitude").is_nan()
-        | (pl.col("latitude").abs() > 90)
-        | (pl.col("longitude").abs() > 180)
-    )
-    if df.select(bad_coord.any()).item():
-        row, example = _example(df, bad_coord)
-        col = "latitude" if abs(example["latitude"]) > 90 or example["latitude"] != example["latitude"] else "longitude"
-        raise SftDataError(
-            f"{source}: column {col!r} is NaN or out of range at row {row} "
-            f"(latitude in [-90, 90], longitude in [-180, 180]): {example}"
-        )
+        raise SftDataError(f"{source}: cannot read {' / '.join(text_coords)} as numbers: {exc}") from exc
+    df = validated(RAW_CHECKINS, df, source=source)
     return df.with_columns(
         pl.col("category_id").fill_null("unknown"), pl.col("category_name").fill_null("Unknown")
     )

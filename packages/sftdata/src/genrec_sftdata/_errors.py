@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from genrec_core import GenrecError
 
-class SftDataError(ValueError):
+
+class SftDataError(GenrecError):
     """Bad input to genrec-sftdata: the message names the file, column or field and an example value."""

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from genrec_sftdata._contract import require_columns
+from genrec_core import SFT_RECORDS
+from genrec_sftdata._contract import require_columns, validated
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._nextpoi import TIME_FORMAT
 
@@ -98,7 +99,8 @@ def read_genup_records(source: str | Path | pl.DataFrame) -> dict[str, pl.DataFr
                 "num_pois", "target_category_idx", "n_cut",
             )
         )
-    result = {split: pl.concat(parts) for split, parts in out.items()}
+    result = {split: validated(SFT_RECORDS, pl.concat(parts), source=f"read_genup_records: {split}")
+              for split, parts in out.items()}
     for split, frame in result.items():
         logger.info("read_genup_records: %s has %d records", split, frame.height)
     return result

@@ -10,7 +10,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, require_columns
+from genrec_core import CHECKINS, SFT_RECORDS
+from genrec_sftdata._contract import SPLITS, require_columns, validated
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._prepare import PreparedData, load_prepared
 
@@ -160,9 +161,9 @@ def build_next_poi(
     if cfg.max_length is not None and tokenizer is None:
         raise SftDataError("build_next_poi: field max_length needs a tokenizer (pass tokenizer=...)")
     num_pois = data.num_pois
-    require_columns(data.checkins, list(PREPARED_COLUMNS), source="build_next_poi: checkins")
+    checkins = validated(CHECKINS, data.checkins, source="build_next_poi: checkins")
     # Trajectory order is time order, whatever order the caller's table is in.
-    ck = data.checkins.filter(pl.col("split").is_in(list(cfg.splits))).sort(
+    ck = checkins.filter(pl.col("split").is_in(list(cfg.splits))).sort(
         "user_id", "utc_time", "poi_id", maintain_order=True
     )
     ck = ck.with_columns(checkin_sentence_expr())
@@ -195,7 +196,7 @@ def build_next_poi(
         rec = rec.filter(pl.col("target_poi_idx").is_not_null())
 
     if cfg.history_checkins:
-        rec = _attach_history(rec, data.checkins, cfg.history_checkins)
+        rec = _attach_history(rec, checkins, cfg.history_checkins)
     else:
         rec = rec.with_columns(__hist=pl.lit(None, dtype=pl.List(pl.String)))
 
@@ -218,7 +219,7 @@ def build_next_poi(
         "target_poi_idx", "trajectory_id", "n_checkins", "target_time", "history_poi_idx",
         "num_pois", "target_category_idx", "n_cut",
     ]
-    rec = rec.select(out_cols)
+    rec = validated(SFT_RECORDS, rec.select(out_cols), source="build_next_poi")
     result = {s: rec.filter(pl.col("split") == s) for s in cfg.splits}
     for split, frame in result.items():
         logger.info("build_next_poi: %s has %d records", split, frame.height)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, normalize_checkins
+from genrec_core import CHECKINS, atomic_write_json, atomic_write_parquet
+from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, normalize_checkins, validated
 from genrec_sftdata._errors import SftDataError
-from genrec_sftdata._io import atomic_write, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
         trajectory_id=pl.concat_str(pl.col("user_id"), pl.lit("_"), pl.col("__k").cast(pl.String)),
     ).drop("__u", "__p", "__o", "__tid", "__k")
     extras = [c for c in df.columns if c not in PREPARED_COLUMNS]
-    df = df.select(*PREPARED_COLUMNS, *extras)
+    df = validated(CHECKINS, df.select(*PREPARED_COLUMNS, *extras), source=f"prepare({name})")
 
     stats: dict[str, Any] = {
         "source": name,
@@ -265,7 +265,7 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
         for fname, frame in (("checkins", df), *parts.items()):
-            atomic_write(path / f"{fname}.parquet", frame.write_parquet)
+            atomic_write_parquet(path / f"{fname}.parquet", frame)
         atomic_write_json(path / "stats.json", stats)
         logger.info("prepare: wrote %s/{checkins,train,val,test}.parquet and stats.json", path)
     return PreparedData(checkins=df, train=parts["train"], val=parts["val"], test=parts["test"], stats=stats, path=path)
@@ -316,10 +316,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
         file = directory / f"{name}.parquet"
         if not file.is_file():
             raise SftDataError(f"{file}: missing; a prepared folder holds checkins/train/val/test.parquet")
-        frames[name] = pl.read_parquet(file)
-    missing = [c for c in PREPARED_COLUMNS if c not in frames["checkins"].columns]
-    if missing:
-        raise SftDataError(f"{directory / 'checkins.parquet'}: missing column {missing[0]!r} of the contract")
+        frames[name] = validated(CHECKINS, file)
     stats_file = directory / "stats.json"
     stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
     if "num_pois" not in stats:

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from genrec_sftdata._contract import SPLITS, require_columns
+from genrec_core import SFT_RECORDS
+from genrec_sftdata._contract import SPLITS, require_columns, validated
 from genrec_sftdata._errors import SftDataError
 
 logger = logging.getLogger(__name__)
@@ -266,6 +267,7 @@ def build_seqrec(
         "record_id", "task", "user_id", "split", "prompt", "completion", "messages",
         "history_item_ids", "target_item_id", "negative_item_ids", "target_title", "n_history",
     )
+    out = validated(SFT_RECORDS, out, source="build_seqrec")
     result = {s: out.filter(pl.col("split") == s) for s in SPLITS}
     for split, frame in result.items():
         logger.info("build_seqrec: %s has %d records", split, frame.height)
@@ -375,6 +377,7 @@ def build_ctr(
         "record_id", "task", "user_id", "split", "prompt", "completion", "messages", "label",
         "target_item_id", "target_title", "instruction", "input", "output",
     )
+    out = validated(SFT_RECORDS, out, source="build_ctr")
     return {s: out.filter(pl.col("split") == s) for s in SPLITS}
 
 

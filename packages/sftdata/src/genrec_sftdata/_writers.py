@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import polars as pl
 
+from genrec_core import atomic_write, atomic_write_dir, atomic_write_parquet
 from genrec_sftdata._errors import SftDataError
-from genrec_sftdata._io import atomic_write, atomic_write_dir
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _guess(path: Path) -> str:
 
 def _write_one(frame: pl.DataFrame, path: Path, fmt: str) -> Path:
     if fmt == "parquet":
-        return atomic_write(path, frame.write_parquet)
+        return atomic_write_parquet(path, frame)
     if fmt == "jsonl":
         return atomic_write(path, frame.write_ndjson)
     raise SftDataError(f"write_records: unknown format {fmt!r}; use parquet, jsonl or hf")
