@@ -81,7 +81,10 @@ def add_config_args(
         if required:
             kwargs["required"] = True
         flag = (flags or {}).get(f.name) or "--" + f.name.replace("_", "-")
-        if tp is bool:
+        if tp is bool and f.name.startswith("no_"):
+            # Already a negation (``--no-draft``): a plain switch, not ``--no-no-draft``.
+            parser.add_argument(flag, action="store_true", **kwargs)
+        elif tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif origin is typing.Literal:
             parser.add_argument(flag, choices=list(typing.get_args(tp)), **kwargs)

@@ -88,6 +88,10 @@ class ResolvedModel:
     def __fspath__(self) -> str:
         return str(self.path)
 
+    def __str__(self) -> str:
+        # Where to load from; record ``name`` instead wherever the model is named for people.
+        return str(self.path)
+
 
 def is_hub_id(spec: str) -> bool:
     """True for ``org/name`` (optionally ``@revision``) that is not a local-looking path."""
