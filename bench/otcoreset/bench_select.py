@@ -1,29 +1,31 @@
-"""ITRA (genrec_otcoreset.select) against the faithful published GORACS procedure (``_published.py``).
+"""ITRA (``select(method="itra")``, ours) against the GORACS release's procedure (``method="goracs"``).
 
-Both run in this process on the same problem: cost, greedy initialisation, swap refinement with the
-same number of candidates and the same swap cap; the ratio is baseline wall time / ours, and both final
-selections are scored with the exact solver under one cost matrix (ours), so ``poo_ours <=
-poo_baseline`` compares like with like.
+Three runs on the same problem in this process:
 
-The published refinement then runs once more through ``_published.Replay``: the same decisions from
-the same from-scratch EMDs, skipping only trials proven worse (a dual bound, or the exact POO by
-shortest paths). Its trace must equal the timed run's; where the timed run was stopped at
-``GENREC_BENCH_BASELINE_LIMIT_S``, the replay carries it to its end, so ``poo_baseline`` is always
-the published procedure's final POO, and ``baseline_final_s`` its time to get there (estimated from
-the EMDs still to run at the timed run's rate when it was stopped).
+- the published procedure as the release runs it: ``genrec_otcoreset._goracs`` with
+  ``exact_shortcuts=False`` (greedy recomputed over the whole matrix per step, a from-scratch EMD
+  per tried pair in ``itertools.product`` order), timed: ``baseline_s``;
+- ``select(method="goracs")``: the same decisions with the trials a dual bound or a shortest-path
+  solve proves worse skipped. Its selection must equal the timed run's (order included) where that
+  run finished, and its trace must start with the timed run's where it was stopped; ``goracs_s``;
+- ``select(method="itra")``: ours; ``ours_s``. The ratio (the gate) is ``baseline_s / ours_s``.
+
+All final selections are scored with the exact solver under one cost matrix (ours), so
+``poo_ours <= poo_baseline`` compares like with like (``poo_goracs`` is the same selection as
+``poo_baseline``, the published procedure's final one). Where the timed run was stopped at
+``GENREC_BENCH_BASELINE_LIMIT_S``, ``baseline_final_s`` estimates its time to the end from the EMDs
+still to run (counted by the shortcut refinement) at the timed run's rate.
 
 ``GENREC_BENCH_SIZE=quick`` (default): the issue's shape at a third of its scale (4,500 x 1,500,
-budget 300), where the published procedure takes about 80 s on 2 cores; at 2,000 x 600 our fixed costs
-(greedy, screening) weighed so much that the ratio (15-22x) said little about the full size. ``full``:
-the issue's 15,000 x 5,000, budget 1,000, 100 swaps (the published procedure alone takes about 18
-minutes there on random features on an idle 2-core Xeon: a 4.6-minute greedy, then about 1,000
-from-scratch EMDs, and about 2.7 hours on the Amazon Games records: 12,325 EMDs), plus a 140,000 x
-5,000 memory check. ``GENREC_BENCH_TRACE_DIR``: the published refinement's progress as JSON lines.
+budget 300), where the published procedure takes about 80 s on 2 cores. ``full``: the issue's 15,000 x
+5,000, budget 1,000, 100 swaps (the published procedure alone takes about 18 minutes there on random
+features on an idle 2-core Xeon: a 4.6-minute greedy, then about 1,000 from-scratch EMDs, and about
+2.7 hours on the Amazon Games records: 12,325 EMDs), plus a 140,000 x 5,000 memory check.
+``GENREC_BENCH_TRACE_DIR``: the published refinement's progress as JSON lines.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -38,6 +40,7 @@ import pytest
 
 from genrec_otcoreset import select
 from genrec_otcoreset._cost import build_cost, exact_poo
+from genrec_otcoreset._goracs import goracs_cost, goracs_greedy, goracs_refine
 
 SIZE = os.environ.get("GENREC_BENCH_SIZE", "quick")
 if SIZE not in ("quick", "full"):
@@ -47,22 +50,14 @@ TARGET = 20.0
 RANDOM_SIZE = {"quick": (4500, 1500, 300, 15), "full": (15000, 5000, 1000, 100)}[SIZE]
 REAL_SIZE = {"quick": (1500, 500, 100, 12), "full": (15000, 5000, 1000, 100)}[SIZE]
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-# Both sides run single-threaded: on an oversubscribed 2-core box, torch's second intra-op thread turns
+# All sides run single-threaded: on an oversubscribed 2-core box, torch's second intra-op thread turns
 # every small op into a wait (a greedy of 120 picks went from 0.25 s to 15 s); POT's network simplex,
 # the bulk of both procedures, is single-threaded anyway.
 THREADS = int(os.environ.get("GENREC_BENCH_THREADS", "1"))
 # GENREC_BENCH_BASELINE_LIMIT_S: stop the published procedure after this many seconds (it can run for
 # hours at full size). Its time is then a lower bound of what it needs, so the ratio is a lower bound
-# too (``baseline_stopped``); its final POO still comes from the replay.
+# too (``baseline_stopped``); its final selection still comes from method="goracs".
 BASELINE_LIMIT_S = float(os.environ["GENREC_BENCH_BASELINE_LIMIT_S"]) if os.environ.get("GENREC_BENCH_BASELINE_LIMIT_S") else None
-
-
-def _published():
-    spec = importlib.util.spec_from_file_location("otcoreset_published", Path(__file__).with_name("_published.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _random_problem(n: int, m: int, seed: int = 0):
@@ -95,50 +90,44 @@ def _compare(benchmark, x, g, y, *, budget, swaps, lam, label):
     import torch
 
     torch.set_num_threads(THREADS)
-    pub = _published()
-    progress = _trace_writer(label)
+    common = dict(embeddings=x, grad_norms=g, val_embeddings=y, budget=budget, lam=lam, max_swaps=swaps,
+                  candidates=30, device="cpu")
+
+    # The published procedure as released: every trial's EMD from scratch.
     t0 = time.perf_counter()
-    cost_pub = pub.published_cost(x, g, y, lam)
-    init = pub.greedy(cost_pub, budget)
+    cost_pub = goracs_cost(x, g, y, lam)
+    init = goracs_greedy(cost_pub, budget)
     greedy_s = time.perf_counter() - t0
     deadline = None if BASELINE_LIMIT_S is None else t0 + BASELINE_LIMIT_S
-    sel_pub, trace_pub, n_emd = pub.refine(
-        cost_pub, init, max_iters=swaps, cut_num=30, deadline=deadline, progress=progress
+    faithful = goracs_refine(
+        cost_pub, init, max_iters=swaps, cut_num=30, exact_shortcuts=False, deadline=deadline,
+        progress=_trace_writer(label),
     )
     base_s = time.perf_counter() - t0
-    stopped = deadline is not None and time.perf_counter() > deadline
+    stopped = faithful.stopped
 
-    # The published refinement to its end, through the replay (the same decisions from the same EMDs,
-    # with the trials it proves worse skipped; see _published.Replay). Where the timed run finished,
-    # this checks the replay; where it was stopped, it gives the published procedure's final selection.
-    replay_stats: dict = {}
-    t1 = time.perf_counter()
-    sel_fin, trace_fin, n_emd_fin = pub.refine(
-        cost_pub, init, max_iters=swaps, cut_num=30, replay=True, stats=replay_stats
-    )
-    replay_s = time.perf_counter() - t1
-    assert trace_fin[: len(trace_pub)] == trace_pub, "the replay left the published procedure's trace"
+    # method="goracs": the same decisions, the trials proven worse skipped.
+    gor = select(method="goracs", **common)
+    assert gor.trace[: len(faithful.trace)] == tuple(faithful.trace), "goracs left the published procedure's trace"
     if not stopped:
-        assert (sel_fin, trace_fin, n_emd_fin) == (sel_pub, trace_pub, n_emd), "the replay differs from the run"
-    # The published procedure's time to its end: measured, or (stopped) its greedy plus the EMDs it
-    # would still run at the rate of the timed ones.
-    per_emd = (base_s - greedy_s) / max(n_emd, 1)
-    base_final_s = base_s if not stopped else greedy_s + per_emd * n_emd_fin
+        assert gor.indices.tolist() == faithful.indices, "goracs selected otherwise than the published procedure"
+    release_emds = faithful.release_emds
+    if stopped:  # the EMDs the release would run to its end, counted without running them
+        release_emds = goracs_refine(cost_pub, init, max_iters=swaps, cut_num=30).release_emds
+    per_emd = (base_s - greedy_s) / max(faithful.release_emds, 1)
+    base_final_s = base_s if not stopped else greedy_s + per_emd * release_emds
 
     holder = {}
 
     def ours():
-        holder["res"] = select(
-            embeddings=x, grad_norms=g, val_embeddings=y, budget=budget, lam=lam, max_swaps=swaps,
-            candidates=30, device="cpu",
-        )
+        holder["res"] = select(method="itra", **common)
 
     benchmark.pedantic(ours, rounds=1, iterations=1, warmup_rounds=0)
     res = holder["res"]
     ours_s = res.seconds
     cost = build_cost(x, g, y, lam=lam)
-    poo_stop = exact_poo(cost, sel_pub)
-    poo_final = exact_poo(cost, sel_fin)
+    poo_stop = exact_poo(cost, faithful.indices)
+    poo_final = exact_poo(cost, gor.indices)
     ratio = base_s / ours_s
     benchmark.extra_info.update(
         {
@@ -146,20 +135,23 @@ def _compare(benchmark, x, g, y, *, budget, swaps, lam, label):
             "size": f"{x.shape[0]}x{y.shape[0]} budget {budget} swaps {swaps}", "problem_size": x.shape[0] * y.shape[0],
             "device": "cpu", "threads": THREADS, "baseline_s": base_s, "ours_s": ours_s, "poo_ours": res.poo,
             "poo_baseline": poo_final, "poo_baseline_at_stop": poo_stop,
-            "poo_greedy": res.trace[0], "swaps_ours": res.swaps, "swaps_baseline": len(trace_fin) - 1,
-            "swaps_baseline_at_stop": len(trace_pub) - 1,
-            "exact_solves_ours": res.exact_solves, "exact_solves_baseline": n_emd_fin, "exact_solves_baseline_at_stop": n_emd,
+            "poo_greedy": res.trace[0], "swaps_ours": res.swaps, "swaps_baseline": gor.swaps,
+            "swaps_baseline_at_stop": len(faithful.trace) - 1,
+            "exact_solves_ours": res.exact_solves, "exact_solves_baseline": release_emds,
+            "exact_solves_baseline_at_stop": faithful.release_emds,
             "baseline_stopped": stopped, "baseline_greedy_s": greedy_s, "baseline_final_s": base_final_s,
             "baseline_final_estimated": stopped, "ratio_final": base_final_s / ours_s,
-            "replay_s": replay_s, "replay": replay_stats,
+            "goracs_s": gor.seconds, "poo_goracs": poo_final, "poo_goracs_own_cost": gor.poo,
+            "swaps_goracs": gor.swaps, "exact_solves_goracs": gor.exact_solves, "ratio_goracs": gor.seconds / ours_s,
         }
     )
     print(
-        f"\n{label}: ours {ours_s:.2f}s POO {res.poo:.6f} ({res.swaps} swaps, {res.exact_solves} EMDs) | "
-        f"published {base_s:.2f}s{' (stopped)' if stopped else ''}, POO {poo_stop:.6f} there "
-        f"({len(trace_pub) - 1} swaps, {n_emd} EMDs); to its end (replay, {replay_s:.1f}s): POO {poo_final:.6f}, "
-        f"{len(trace_fin) - 1} swaps, {n_emd_fin} EMDs, {'about ' if stopped else ''}{base_final_s:.0f}s | "
-        f"ratio {ratio:.1f}x{' (lower bound)' if stopped else ''}, to its end {base_final_s / ours_s:.1f}x"
+        f"\n{label}: itra {ours_s:.2f}s POO {res.poo:.6f} ({res.swaps} swaps, {res.exact_solves} exact solves) | "
+        f"goracs {gor.seconds:.2f}s POO {poo_final:.6f} ({gor.swaps} swaps, {gor.exact_solves} exact solves) | "
+        f"published as released {base_s:.2f}s{' (stopped)' if stopped else ''}, POO {poo_stop:.6f} there "
+        f"({len(faithful.trace) - 1} swaps, {faithful.release_emds} EMDs); to its end: {release_emds} EMDs, "
+        f"{'about ' if stopped else ''}{base_final_s:.0f}s | ratio {ratio:.1f}x{' (lower bound)' if stopped else ''}, "
+        f"to its end {base_final_s / ours_s:.1f}x"
     )
     assert res.poo <= poo_final + 1e-12, f"final exact POO {res.poo} above the published {poo_final}"
     assert ratio >= TARGET, f"ratio {ratio:.1f} below target {TARGET}"

@@ -193,3 +193,24 @@ def test_required_options_are_argparse_errors(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "required: --val-features, --budget, --out" in err
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-exact-shortcuts"], ["--labels-from-records"]])
+def test_select_method_goracs(tmp_path, flags):
+    train = _features(tmp_path, "train", 60, 2)
+    val = _features(tmp_path, "val", 20, 3)
+    out = tmp_path / "g.parquet"
+    rc = main(["--no-progress", "select", "--features", str(train), "--val-features", str(val), "--budget", "6",
+               "--method", "goracs", "--max-swaps", "3", "--candidates", "5", "--device", "cpu", "--out", str(out),
+               *flags])
+    assert rc == 0
+    log = json.loads(out.with_suffix(".json").read_text())
+    assert log["method"] == "goracs" and log["labels"] is ("--labels-from-records" in flags)
+    from genrec_otcoreset import load_features
+
+    tr, va = load_features(train), load_features(val)
+    labelled = {"labels": tr.labels, "val_labels": va.labels} if "--labels-from-records" in flags else {}
+    res = select(embeddings=tr.embeddings, grad_norms=tr.grad_norms, val_embeddings=va.embeddings, budget=6,
+                 method="goracs", max_swaps=3, candidates=5, device="cpu", **labelled)
+    chosen = read_selection(out).filter(pl.col("selected")).sort("rank")["record_id"].to_list()
+    assert chosen == [tr.record_ids[i] for i in res.indices]

@@ -50,7 +50,11 @@ class SelectConfig:
     budget: int = field(metadata={"help": "number of records to select"})
     out: Path = field(metadata={"help": "selection table (parquet); the JSON log goes beside it"})
     lam: float = field(default=0.1, metadata={"help": "weight of the gradient-norm term in the cost"})
-    method: str = field(default="itra", metadata={"help": "itra, random, grand, kcenter or stratified"})
+    method: str = field(
+        default="itra",
+        metadata={"help": "itra (ours), goracs (the GORACS release's procedure, exactly), random, grand, kcenter "
+                  "or stratified"},
+    )
     labels_from_records: bool = field(
         default=False, metadata={"help": "label-enhanced selection from the records' label column"}
     )
@@ -58,6 +62,11 @@ class SelectConfig:
     max_swaps: int = field(default=100, metadata={"help": "stop after this many accepted swaps"})
     seed: int = field(default=0, metadata={"help": "seed for random, kcenter and stratified"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda[:N]"})
+    exact_shortcuts: bool = field(
+        default=True,
+        metadata={"help": "goracs: skip the trials a dual bound proves worse (same selection); "
+                  "--no-exact-shortcuts runs every trial's EMD as the release does"},
+    )
 
 
 def _help(cls: type, name: str) -> str:
@@ -75,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("features", help="embeddings and LoRA gradient norms of SFT records")
     add_config_args(p, FeaturesConfig)
     p.set_defaults(config=FeaturesConfig, subparser=p)
-    p = sub.add_parser("select", help="choose a coreset (ITRA or a baseline) and write the selection")
+    p = sub.add_parser("select", help="choose a coreset (ITRA, GORACS or a baseline) and write the selection")
     # `lambda` is a Python keyword: the field is `lam`, the flag keeps the paper's name.
     add_config_args(p, SelectConfig, skip=("lam",))
     p.add_argument("--lambda", dest="lam", type=float, default=0.1, metavar="LAMBDA", help=_help(SelectConfig, "lam"))
@@ -113,7 +122,7 @@ def _run_select(cfg: SelectConfig, progress: bool) -> int:
         embeddings=train.embeddings, grad_norms=train.grad_norms, val_embeddings=val.embeddings,
         budget=cfg.budget, method=cfg.method, lam=cfg.lam, labels=labels, val_labels=val_labels,
         candidates=cfg.candidates, max_swaps=cfg.max_swaps, seed=cfg.seed, device=cfg.device,
-        progress=progress,
+        progress=progress, exact_shortcuts=cfg.exact_shortcuts,
     )
     out, log_path = write_selection(
         cfg.out, train.record_ids, res, n_val=len(val.record_ids), lam=cfg.lam, labels=cfg.labels_from_records,

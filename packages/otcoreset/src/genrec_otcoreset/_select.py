@@ -1,4 +1,4 @@
-"""``select``: ITRA (plain or label-enhanced) and the baselines behind one call."""
+"""``select``: ITRA (plain or label-enhanced), GORACS as published, and the baselines behind one call."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ __all__ = ["METHODS", "SelectionResult", "label_shares", "select"]
 
 log = logging.getLogger(__name__)
 
-Method = Literal["itra", "random", "grand", "kcenter", "stratified"]
-METHODS: tuple[str, ...] = ("itra", "random", "grand", "kcenter", "stratified")
+Method = Literal["itra", "goracs", "random", "grand", "kcenter", "stratified"]
+METHODS: tuple[str, ...] = ("itra", "goracs", "random", "grand", "kcenter", "stratified")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,10 +28,11 @@ class SelectionResult:
     """A selected coreset.
 
     ``indices`` are row numbers into the training pool in rank order (for ITRA the greedy order, a
-    swapped-in record taking its predecessor's place). ``poo`` is the exact POO of the selection
-    (with labels: the validation-frequency-weighted sum of the per-label exact POOs, since no mass
-    crosses labels). ``trace`` is the exact POO after greedy and after every accepted swap (baselines:
-    the final POO only).
+    swapped-in record taking its predecessor's place; for GORACS the release's list order, a
+    swapped-in record appended at the end). ``poo`` is the exact POO of the selection (with labels:
+    the validation-frequency-weighted sum of the per-label exact POOs, since no mass crosses labels;
+    for GORACS under its own cost, which with labels differs from ours). ``trace`` is the exact POO
+    after greedy and after every accepted swap (baselines: the final POO only).
     """
 
     indices: np.ndarray
@@ -64,6 +65,16 @@ def _labels(value: Any, n: int, name: str) -> np.ndarray:
     return arr
 
 
+def _checked_labels(labels: Any, val_labels: Any, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    lab = _labels(labels, n, "labels")
+    vlab = _labels(val_labels, m, "val_labels")
+    train_set = set(np.unique(lab).tolist())
+    missing = [v for v in np.unique(vlab).tolist() if v not in train_set]
+    if missing:
+        raise OtCoresetError(f"val_labels has label(s) {missing} that no training record has (labels)")
+    return lab, vlab
+
+
 def label_shares(val_labels: np.ndarray, budget: int) -> dict[Any, int]:
     """Budget per label, proportional to its validation frequency (largest remainder, sums to budget)."""
     values, counts = np.unique(val_labels, return_counts=True)
@@ -75,6 +86,79 @@ def label_shares(val_labels: np.ndarray, budget: int) -> dict[Any, int]:
     for i in order[:left]:
         base[i] += 1
     return {values[i].item() if hasattr(values[i], "item") else values[i]: int(base[i]) for i in range(len(values))}
+
+
+def _combined_trace(parts: list[tuple[float, tuple[float, ...]]]) -> tuple[float, ...]:
+    """The weighted trace of labels refined one after another: each label's steps with the labels
+    before it at their final value and those after it at their start."""
+    combined: list[float] = []
+    starts = [t[0] for _, t in parts]
+    ends = [t[-1] for _, t in parts]
+    for li, (_, tr) in enumerate(parts):
+        for step_value in tr if li == 0 else tr[1:]:
+            vals = [*ends[:li], step_value, *starts[li + 1 :]]
+            combined.append(sum(w * v for (w, _), v in zip(parts, vals)))
+    return tuple(combined)
+
+
+def _goracs(
+    x: np.ndarray,
+    g: np.ndarray,
+    y: np.ndarray,
+    lab: np.ndarray | None,
+    vlab: np.ndarray | None,
+    *,
+    budget: int,
+    lam: float,
+    candidates: int,
+    max_swaps: int,
+    exact_shortcuts: bool,
+    device: Any,
+    progress: bool,
+) -> tuple[np.ndarray, float, tuple[float, ...], int, int]:
+    """GORACS as released: indices, POO, trace, swaps, exact solves (Algorithm 2 with labels)."""
+    from tqdm.auto import tqdm
+
+    from genrec_otcoreset._goracs import (
+        goracs_budgets,
+        goracs_cost,
+        goracs_greedy,
+        goracs_label_costs,
+        goracs_refine,
+    )
+
+    if lab is None or vlab is None:
+        blocks: list[tuple[Any, int]] = [(None, budget)]
+        costs = [(np.arange(x.shape[0]), np.arange(y.shape[0]), goracs_cost(x, g, y, lam))]
+    else:
+        blocks = goracs_budgets(vlab, budget)
+        for value, share in blocks:
+            have = int((lab == value).sum())
+            if share > have:
+                raise OtCoresetError(
+                    f"label {value!r} needs {share} records (its goracs share of budget {budget}) "
+                    f"but the pool has only {have}"
+                )
+        costs = goracs_label_costs(x, g, y, lab, vlab, blocks, lam)
+    bar = tqdm(total=max_swaps * len(blocks), desc="swaps", unit="swap", disable=not progress)
+    parts: list[np.ndarray] = []
+    trace_parts: list[tuple[float, tuple[float, ...]]] = []
+    swaps = solves = 0
+    try:
+        for (_, share), (rows, vrows, cost) in zip(blocks, costs):
+            init = goracs_greedy(cost, share, device)
+            run = goracs_refine(
+                cost, init, max_iters=max_swaps, cut_num=candidates, exact_shortcuts=exact_shortcuts,
+                device=device, progress=lambda e: bar.update(1) if e["event"] == "swap" else None,
+            )
+            parts.append(rows[np.asarray(run.indices, dtype=np.int64)])
+            trace_parts.append((vrows.size / y.shape[0], tuple(run.trace)))
+            swaps += run.swaps
+            solves += run.exact_solves
+    finally:
+        bar.close()
+    poo = sum(w * t[-1] for w, t in trace_parts)
+    return np.concatenate(parts).astype(np.int64), poo, _combined_trace(trace_parts), swaps, solves
 
 
 def _run_one(
@@ -134,18 +218,32 @@ def select(
     screen: int = 8,
     confirm: int = 4,
     use_sinkhorn: bool | None = None,
+    exact_shortcuts: bool = True,
 ) -> SelectionResult:
     """Select ``budget`` training records whose distribution best matches the validation set.
 
     ``embeddings (N, d)`` and ``grad_norms (N,)`` describe the training pool, ``val_embeddings (m, d)``
     the validation set; the cost is ``d/max d - lam g/max g`` min-max scaled. With ``labels`` and
     ``val_labels`` (any number of classes) the budget is split by validation label frequency and each
-    label is selected on its own, so no mass is transported across labels. ``candidates`` members and
-    outsiders are kept per swap round; ``screen`` pairs go through gathered Sinkhorn (``use_sinkhorn``)
-    and the best ``confirm`` through the exact solver. ``use_sinkhorn=None`` screens with Sinkhorn on
-    CUDA only: on CPU, screening 8 pairs costs more than the exact solves it saves (measured in
-    ``bench/otcoreset``), and the pair lower bounds already rank the candidates well.
-    Raises :class:`OtCoresetError` on bad input.
+    label is selected on its own, so no mass is transported across labels.
+
+    Methods:
+
+    - ``"itra"`` (default): ours. Lazy greedy, true leave-one-out scores, certified pair bounds, exact
+      incremental solves. ``candidates`` members and outsiders are kept per swap round; ``screen``
+      pairs go through gathered Sinkhorn (``use_sinkhorn``) and the best ``confirm`` through the exact
+      solver. ``use_sinkhorn=None`` screens with Sinkhorn on CUDA only: on CPU, screening 8 pairs costs
+      more than the exact solves it saves (measured in ``bench/otcoreset``).
+    - ``"goracs"``: the GORACS release's ITRA (Algorithm 1; with labels its Algorithm 2, which keeps
+      raw distances per label and splits the budget by ``round(share * budget)``), selecting exactly
+      what the release selects for the same inputs, in its order; ``candidates`` is its ``cut_num``
+      and ``max_swaps`` its ``max_iters``. ``exact_shortcuts`` (default) skips the trials a dual bound
+      or a shortest-path solve proves worse, which cannot change a decision; ``False`` runs the
+      release's from-scratch EMD for every trial. ``screen``, ``confirm``, ``use_sinkhorn`` and
+      ``seed`` do not apply.
+    - ``"random"``, ``"grand"``, ``"kcenter"``, ``"stratified"``: baselines (``seed`` for all but grand).
+
+    Raises :class:`OtCoresetError` on bad input, before any work.
     """
     start = time.perf_counter()
     x = _matrix(embeddings, "embeddings")
@@ -167,13 +265,19 @@ def select(
     budget = int(budget)
     if method not in METHODS:
         raise OtCoresetError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if not math.isfinite(lam) or lam < 0:
+    if isinstance(lam, bool) or not isinstance(lam, int | float | np.integer | np.floating) or not (
+        math.isfinite(lam) and lam >= 0
+    ):
         raise OtCoresetError(f"lam must be a finite number >= 0, got {lam!r}")
+    lam = float(lam)
     for name, val in (("candidates", candidates), ("screen", screen), ("confirm", confirm)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 1:
             raise OtCoresetError(f"{name} must be an integer >= 1, got {val!r}")
-    if isinstance(max_swaps, bool) or not isinstance(max_swaps, int) or max_swaps < 0:
+    if isinstance(max_swaps, bool) or not isinstance(max_swaps, int | np.integer) or max_swaps < 0:
         raise OtCoresetError(f"max_swaps must be an integer >= 0, got {max_swaps!r}")
+    candidates, screen, confirm, max_swaps = int(candidates), int(screen), int(confirm), int(max_swaps)
+    if not isinstance(exact_shortcuts, bool):
+        raise OtCoresetError(f"exact_shortcuts must be True or False, got {exact_shortcuts!r}")
     dev = resolve_device(device)
     if use_sinkhorn is None:
         use_sinkhorn = dev.type == "cuda"
@@ -183,6 +287,20 @@ def select(
     )
     if (labels is None) != (val_labels is None):
         raise OtCoresetError("labels and val_labels must be given together (both or neither)")
+    if method == "goracs":
+        glab = gvlab = None
+        if labels is not None:
+            glab, gvlab = _checked_labels(labels, val_labels, n, y.shape[0])
+        idx, poo, trace, swaps, solves = _goracs(
+            x, g, y, glab, gvlab, budget=budget, lam=lam, candidates=candidates, max_swaps=max_swaps,
+            exact_shortcuts=exact_shortcuts, device=dev, progress=progress,
+        )
+        result = SelectionResult(
+            indices=idx, poo=poo, trace=trace, seconds=time.perf_counter() - start, method=method,
+            swaps=swaps, exact_solves=solves,
+        )
+        log.info("goracs selected %d of %d, exact POO %.6g", idx.size, n, poo)
+        return result
     if labels is None:
         idx, trace, swaps, solves = _run_one(x, g, y, budget=budget, **common)
         result = SelectionResult(
@@ -191,26 +309,23 @@ def select(
         )
         log.info("%s selected %d of %d, exact POO %.6g", method, budget, n, result.poo)
         return result
-    lab = _labels(labels, n, "labels")
-    vlab = _labels(val_labels, y.shape[0], "val_labels")
-    train_set = set(np.unique(lab).tolist())
-    missing = [v for v in np.unique(vlab).tolist() if v not in train_set]
-    if missing:
-        raise OtCoresetError(f"val_labels has label(s) {missing} that no training record has (labels)")
+    lab, vlab = _checked_labels(labels, val_labels, n, y.shape[0])
     shares = label_shares(vlab, budget)
     parts: list[np.ndarray] = []
     poo_total, trace_parts, swaps_total, solves_total = 0.0, [], 0, 0
     finals: dict[Any, float] = {}
     for value, share in shares.items():
+        have = int((lab == value).sum())
+        if share > have:
+            raise OtCoresetError(
+                f"label {value!r} needs {share} records (its validation share of budget {budget}) "
+                f"but the pool has only {have}"
+            )
+    for value, share in shares.items():
         if share == 0:
             continue
         rows = np.flatnonzero(lab == value)
         vrows = np.flatnonzero(vlab == value)
-        if share > rows.size:
-            raise OtCoresetError(
-                f"label {value!r} needs {share} records (its validation share of budget {budget}) "
-                f"but the pool has only {rows.size}"
-            )
         idx, trace, swaps, solves = _run_one(x[rows], g[rows], y[vrows], budget=share, **common)
         weight = vrows.size / y.shape[0]
         parts.append(rows[idx])
@@ -219,17 +334,8 @@ def select(
         swaps_total += swaps
         solves_total += solves
         poo_total += weight * trace[-1]
-    # The combined trace: labels are refined one after another, the others held at their start (before
-    # their turn) or their final value (after it).
-    combined: list[float] = []
-    starts = [t[0] for _, t in trace_parts]
-    ends = [t[-1] for _, t in trace_parts]
-    for li, (_, tr) in enumerate(trace_parts):
-        for step_value in tr if li == 0 else tr[1:]:
-            vals = [*ends[:li], step_value, *starts[li + 1 :]]
-            combined.append(sum(w * v for (w, _), v in zip(trace_parts, vals)))
     result = SelectionResult(
-        indices=np.concatenate(parts).astype(np.int64), poo=poo_total, trace=tuple(combined),
+        indices=np.concatenate(parts).astype(np.int64), poo=poo_total, trace=_combined_trace(trace_parts),
         seconds=time.perf_counter() - start, method=method, swaps=swaps_total, exact_solves=solves_total,
     )
     log.info("%s selected %d of %d over %d labels, exact POO %.6g", method, budget, n, len(parts), poo_total)
