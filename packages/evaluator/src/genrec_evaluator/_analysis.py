@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from genrec_evaluator._formats import prompt_text
 from genrec_evaluator._metrics import grouped_metrics, ranking_metrics
 
 USER_GROUPS = ("inactive", "normal", "very active")
@@ -107,7 +108,7 @@ def answer_in_history(records: pl.DataFrame) -> tuple[np.ndarray, str] | None:
     if "prompt" in records.columns:
         found = False
         for s, prompt in zip(seen, records["prompt"].to_list()):
-            for match in _PROMPT_POIS.finditer(prompt or ""):
+            for match in _PROMPT_POIS.finditer(prompt_text(prompt)):
                 found = True
                 s.update(int(x) for x in re.findall(r"\d+", match[1]))
         if found:

@@ -13,9 +13,10 @@ import numpy as np
 import polars as pl
 
 from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._formats import record_inputs
 from genrec_evaluator._io import read_records
 from genrec_evaluator._metrics import auc
-from genrec_evaluator._protocols import Query, Scorer
+from genrec_evaluator._protocols import Scorer
 from genrec_evaluator._result import EvaluationResult
 from genrec_evaluator._stats import (
     DEFAULT_N_BOOT,
@@ -90,7 +91,9 @@ def read_ctr_records(path: str | Path, *, split: str | None = "test") -> pl.Data
 def _check(records: pl.DataFrame) -> pl.DataFrame:
     if records.height == 0:
         raise EvaluatorError("ctr records: empty test set (0 records to evaluate)")
-    missing = [c for c in ("prompt", "label") if c not in records.columns]
+    missing = [c for c in ("label",) if c not in records.columns]
+    if "prompt" not in records.columns and "messages" not in records.columns:
+        missing.insert(0, "prompt")
     if missing:
         raise EvaluatorError(f"ctr records: missing column(s) {missing}; have {records.columns}")
     if "record_id" not in records.columns:
@@ -139,11 +142,11 @@ def evaluate_ctr(
         scorer = HFScorer(hf_model, tokenizer, fmt=config.format)
     from tqdm.auto import tqdm
 
-    msgs = records["messages"].to_list() if "messages" in records.columns else [None] * records.height
+    inputs = record_inputs(records, source="ctr records", need_answer=False)
     token_ids = scorer.first_token_ids([config.yes, config.no]) if hasattr(scorer, "first_token_ids") else None
     p_yes = np.empty(records.height)
-    for i, (prompt, m) in enumerate(tqdm(list(zip(records["prompt"].to_list(), msgs)), disable=not config.progress, desc="ctr")):
-        query = Query(prompt=prompt or "", completion_prefix="", messages=tuple(m) if m else None)
+    for i, rec in enumerate(tqdm(inputs, disable=not config.progress, desc="ctr")):
+        query = rec.query()
         if token_ids is not None:
             lp = scorer.next_token_logprobs(query, token_ids)
         else:

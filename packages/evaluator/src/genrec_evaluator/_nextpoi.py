@@ -24,6 +24,7 @@ from genrec_evaluator._baselines import (
     next_poi_protocol,
 )
 from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._formats import record_inputs
 from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._records import check_next_poi_records
 from genrec_evaluator._result import PREDICTION_SCHEMA, EvaluationResult
@@ -104,14 +105,12 @@ def parse_poi_id(generated: str, num_pois: int) -> int | None:
 
 
 def _queries(records: pl.DataFrame) -> list[tuple[Query, str, str]]:
-    if "completion" not in records.columns or "prompt" not in records.columns:
-        raise EvaluatorError(f"records: model evaluation needs prompt and completion columns; have {records.columns}")
-    has_messages = "messages" in records.columns
+    """(query, separator before the id, terminator after it) of each record, in any TRL format: the
+    expected answer is the completion (a string, or the assistant message's content)."""
     out = []
-    for row in records.select("record_id", "prompt", "completion", *(["messages"] if has_messages else [])).iter_rows(named=True):
-        prefix, sep, end = split_completion(row["completion"], record_id=row["record_id"])
-        messages = tuple(row["messages"]) if has_messages and row["messages"] else None
-        out.append((Query(prompt=row["prompt"] or "", completion_prefix=prefix, messages=messages), sep, end))
+    for rec in record_inputs(records, source="records"):
+        prefix, sep, end = split_completion(rec.answer or "", record_id=rec.record_id)
+        out.append((rec.query(prefix), sep, end))
     return out
 
 

@@ -12,11 +12,16 @@ import numpy as np
 @dataclass(frozen=True, kw_only=True)
 class Query:
     """What the model sees: the record's prompt (or chat ``messages`` before the answer) and the start
-    of the answer (``completion_prefix``, e.g. ``"At 2012-12-21 08:29, user 42 will visit POI id"``)."""
+    of the answer (``completion_prefix``, e.g. ``"At 2012-12-21 08:29, user 42 will visit POI id"``).
+
+    ``conversational`` marks a record whose prompt *is* a conversation (TRL's conversational formats):
+    its context is the chat template's rendering of ``messages`` whatever the scorer's format, and
+    ``prompt`` then only holds the messages' text (for analyses that read prompts)."""
 
     prompt: str
     completion_prefix: str
     messages: tuple[Mapping[str, str], ...] | None = None
+    conversational: bool = False
 
 
 @runtime_checkable

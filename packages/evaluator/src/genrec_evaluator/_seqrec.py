@@ -15,9 +15,10 @@ import polars as pl
 
 from genrec_evaluator._embed import Embedder, HashingEmbedder, HiddenStateEmbedder, SentenceEmbedder
 from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._formats import record_inputs
 from genrec_evaluator._io import _read_table_file
 from genrec_evaluator._metrics import SEQREC_KS, rank_columns, seqrec_metrics
-from genrec_evaluator._protocols import Query, Scorer
+from genrec_evaluator._protocols import Scorer
 from genrec_evaluator._result import EvaluationResult
 from genrec_evaluator._stats import DEFAULT_N_BOOT, Uncertainty, compare_columns, mean_intervals, scope
 
@@ -150,11 +151,10 @@ def evaluate_seqrec(
                               generation=GenerationParams(temperature=0.0, max_new_tokens=config.max_new_tokens))
         from tqdm.auto import tqdm
 
-        prompts = records["prompt"].to_list()
-        msgs = records["messages"].to_list() if "messages" in records.columns else [None] * records.height
+        inputs = record_inputs(records, source="seqrec records", need_answer=False)
         generations = [
-            scorer.generate(Query(prompt=p or "", completion_prefix="", messages=tuple(m) if m else None), seed=config.seed + i)
-            for i, (p, m) in enumerate(tqdm(list(zip(prompts, msgs)), disable=not config.progress, desc="seqrec"))
+            scorer.generate(rec.query(), seed=config.seed + i)
+            for i, rec in enumerate(tqdm(inputs, disable=not config.progress, desc="seqrec"))
         ]
     if len(generations) != records.height:
         raise EvaluatorError(f"{len(generations)} generations for {records.height} records")
