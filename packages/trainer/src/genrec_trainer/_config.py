@@ -21,6 +21,8 @@ Scheduler = Literal["cosine", "linear", "constant"]
 Format = Literal["auto", "prompt", "messages", "text"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 MixedPrecision = Literal["none", "bf16", "fp16"]
+AddBos = Literal["auto", "always", "never"]
+LossAverage = Literal["tokens", "micro_batch"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +57,34 @@ class TrainConfig:
             "rendered with the chat template), 'messages' on the assistant replies of the messages column "
             "rendered with the chat template, 'text' on the whole text column; 'auto' picks messages when "
             "the column is present and the tokenizer has a chat template, then prompt+completion, then text"
+        },
+    )
+    text_column: str = field(
+        default="text",
+        metadata={
+            "help": "column read by format 'text' (TRL's dataset_text_field; GenUP's is 'llama_prompt')"
+        },
+    )
+    response_template: str = field(
+        default="",
+        metadata={
+            "help": "format 'text': train only on the tokens after the first occurrence of this string "
+            "(TRL's DataCollatorForCompletionOnlyLM; GenUP's is '[/INST]'); empty trains on all of it"
+        },
+    )
+    add_bos: AddBos = field(
+        default="auto",
+        metadata={
+            "help": "the tokenizer's BOS before string prompts and texts: 'auto' adds it unless the text "
+            "already starts with the tokenizer's BOS token (GenUP's records carry '<s>' themselves), "
+            "'always' or 'never'"
+        },
+    )
+    train_eos: bool = field(
+        default=True,
+        metadata={
+            "help": "EOS tokens in the trained part are targets; false masks them, as GenUP's collator did "
+            "(its pad id was the EOS id, and padding is masked)"
         },
     )
     max_length: int = field(default=2048, metadata={"help": "maximum tokens per training sequence"})
@@ -104,11 +134,27 @@ class TrainConfig:
     batch_size: int = field(default=1, metadata={"help": "records per micro-batch on each process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step on each process"})
     warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    warmup_from_zero: bool = field(
+        default=False,
+        metadata={
+            "help": "warm-up as transformers' schedules do it: lr * step / warmup_steps, so the first step "
+            "runs at lr 0; false starts at lr / (warmup_steps + 1)"
+        },
+    )
     scheduler: Scheduler = field(
         default="cosine", metadata={"help": "decay after warm-up: cosine, linear or constant"}
     )
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "gradient clipping norm; 0 turns clipping off"}
+    )
+    loss_average: LossAverage = field(
+        default="tokens",
+        metadata={
+            "help": "'tokens': a step's loss is its token losses summed over the global batch over its target "
+            "tokens (the same model for any batch layout); 'micro_batch': the mean over micro-batches of each "
+            "micro-batch's token mean (transformers' Trainer as GenUP ran it: one accumulation step, each device's "
+            "loss a token mean, gradients averaged over devices)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed for LoRA initialisation, data order and dropout"})
     gradient_checkpointing: bool = field(
@@ -191,6 +237,8 @@ class TrainConfig:
             raise TrainerError(
                 "config field 'model' is empty: give a model folder, .gguf file, hub id or alias"
             )
+        if not self.text_column.strip():
+            raise TrainerError("config field 'text_column' is empty: give the column format 'text' reads")
         if not self.output.strip():
             raise TrainerError("config field 'output' is empty: give the folder to write the run into")
         if not self.target_modules and self.mode == "lora":

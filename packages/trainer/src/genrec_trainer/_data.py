@@ -134,28 +134,56 @@ _PROMPT_ONLY = (
 )
 
 
-def resolve_format(frame: pl.DataFrame, fmt: str, tokenizer: Any, *, path: str | Path, role: str) -> str:
+#: The protocol column value, and the literal text opening, of records written the way GenUP wrote its
+#: SFT data: a literal Llama-2 chat text that carries its own ``<s>`` and ``</s>``.
+GENUP_PROTOCOL = "genup"
+GENUP_OPENING = "<s>"
+
+
+def _format_columns(fmt: str, text_column: str) -> tuple[str, ...]:
+    return (text_column,) if fmt == "text" else _FORMAT_COLUMNS[fmt]
+
+
+def _genup_frame(frame: pl.DataFrame) -> bool:
+    """Whether any record was written under GenUP's protocol (its text is the literal training text)."""
+    import polars as pl
+
+    protocol = frame.schema.get("protocol")
+    if protocol == pl.String and bool((frame["protocol"] == GENUP_PROTOCOL).any()):
+        return True
+    if "prompt" in frame.columns and frame.schema["prompt"] == pl.String:
+        return bool(frame["prompt"].str.starts_with(GENUP_OPENING).any())
+    return False
+
+
+def resolve_format(
+    frame: pl.DataFrame, fmt: str, tokenizer: Any, *, path: str | Path, role: str, text_column: str = "text"
+) -> str:
     """The format records are trained in: ``prompt`` (prompt + completion, strings or message lists),
     ``messages`` (a conversation, loss on assistant replies) or ``text`` (language modelling)."""
     has_template = bool(getattr(tokenizer, "chat_template", None))
     columns = frame.columns
     if fmt == "auto":
-        if "messages" in columns and has_template:
+        # GenUP trained on its literal text, never on a chat template's rendering of the messages
+        # its records may also carry.
+        prefer_messages = has_template and not _genup_frame(frame)
+        if "messages" in columns and prefer_messages:
             fmt = "messages"
         elif "prompt" in columns and "completion" in columns:
             fmt = "prompt"
         elif "messages" in columns:
             fmt = "messages"
-        elif "text" in columns:
+        elif text_column in columns:
             fmt = "text"
         elif "prompt" in columns:
             raise TrainerError(f"{role} records {path}: {_PROMPT_ONLY} (columns: {columns})")
         else:
             raise TrainerError(
                 f"{role} records {path}: no known record format (columns: {columns}); expected "
-                "'prompt' + 'completion', 'messages' or 'text' (strings or lists of {role, content} messages)"
+                f"'prompt' + 'completion', 'messages' or {text_column!r} (strings or lists of {{role, content}} "
+                "messages)"
             )
-    need = _FORMAT_COLUMNS[fmt]
+    need = _format_columns(fmt, text_column)
     missing = [c for c in need if c not in columns]
     if missing:
         hint = f"; {_PROMPT_ONLY}" if fmt == "prompt" and "prompt" in columns else ""
@@ -212,6 +240,45 @@ def _encode(tokenizer: Any, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def wants_bos(tokenizer: Any, text: str, add_bos: str) -> bool:
+    """Whether the tokenizer's own BOS goes before ``text``.
+
+    ``auto`` leaves it out when the text already opens with the tokenizer's BOS token: GenUP's records
+    carry a literal ``<s>`` and its trainer switched the tokenizer's BOS off, so a Llama-2 model saw one
+    BOS. For Llama 3 that ``<s>`` is plain text, not ``<|begin_of_text|>``, and GenUP's switch had no
+    effect there (its fast tokenizer has no ``add_bos_token``): the real BOS stays, as here.
+    """
+    if add_bos == "auto":
+        bos = getattr(tokenizer, "bos_token", None)
+        return not (bos and text.startswith(bos))
+    return add_bos == "always"
+
+
+def _encode_after(tokenizer: Any, text: str, boundary: int, *, special: bool) -> tuple[list[int], list[int]]:
+    """Token ids of the whole ``text`` and labels that keep the tokens starting at character ``boundary``
+    or later: one tokenisation of the whole text, as GenUP's trainer fed it (encoding the two parts
+    apart gives other ids at the seam with sentencepiece)."""
+    try:
+        enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    except NotImplementedError:  # slow tokenizers have no offsets: the prompt's own ids mark the seam
+        ids = _encode(tokenizer, text, special=special)
+        head = _encode(tokenizer, text[:boundary], special=special)
+        if ids[: len(head)] != head:
+            raise ValueError("the text does not tokenize with the prompt's tokens first") from None
+        return ids, [IGNORE_INDEX] * len(head) + ids[len(head) :]
+    ids = list(enc["input_ids"])
+    # Added special tokens have empty spans (0, 0): never targets.
+    labels = [
+        tok if start >= boundary and end > start else IGNORE_INDEX
+        for tok, (start, end) in zip(ids, enc["offset_mapping"], strict=True)
+    ]
+    return ids, labels
+
+
+def _is_genup(protocol: Any, text: Any) -> bool:
+    return protocol == GENUP_PROTOCOL or (isinstance(text, str) and text.startswith(GENUP_OPENING))
+
+
 def tokenize_records(
     frame: pl.DataFrame,
     tokenizer: Any,
@@ -221,21 +288,47 @@ def tokenize_records(
     truncation: bool,
     path: str | Path,
     role: str = "train",
+    add_bos: str = "auto",
+    train_eos: bool = True,
+    text_column: str = "text",
+    response_template: str = "",
 ) -> TokenizedSet:
-    """Token ids and labels for every record; labels are ``-100`` outside completion/assistant text."""
-    fmt = resolve_format(frame, fmt, tokenizer, path=path, role=role)
+    """Token ids and labels for every record; labels are ``-100`` outside completion/assistant text.
+
+    Records written under GenUP's protocol (a ``protocol`` column saying ``genup``, or a text opening with
+    a literal ``<s>``) are fed as GenUP fed them: the whole text tokenised in one pass, with the BOS
+    ``add_bos`` decides and no EOS added (the text carries its own ``</s>``).
+    """
+    fmt = resolve_format(frame, fmt, tokenizer, path=path, role=role, text_column=text_column)
     ids_col = frame["record_id"].cast(str).to_list() if "record_id" in frame.columns else None
+    protocols = frame["protocol"].to_list() if "protocol" in frame.columns else [None] * frame.height
+    eos = tokenizer.eos_token_id
     examples: list[Example] = []
     n_truncated = 0
-    for row_no, row in enumerate(frame.select(_FORMAT_COLUMNS[fmt]).iter_rows(named=True)):
+    for row_no, row in enumerate(frame.select(_format_columns(fmt, text_column)).iter_rows(named=True)):
         rid = ids_col[row_no] if ids_col is not None else f"row {row_no}"
         where = _Where(role=role, path=path, rid=rid, row=row_no, columns=frame.columns)
         if fmt == "prompt":
-            ids, labels = _prompt_completion(tokenizer, row["prompt"], row["completion"], where)
+            genup = _is_genup(protocols[row_no], row["prompt"])
+            ids, labels = _prompt_completion(
+                tokenizer, row["prompt"], row["completion"], where, add_bos=add_bos, genup=genup
+            )
         elif fmt == "messages":
             ids, labels = _conversation(tokenizer, row["messages"], where)
         else:
-            ids, labels = _text(tokenizer, row["text"], where)
+            text = row[text_column]
+            genup = _is_genup(protocols[row_no], text)
+            ids, labels = _text(
+                tokenizer,
+                text,
+                where,
+                add_bos=add_bos,
+                genup=genup,
+                template=response_template,
+                column=text_column,
+            )
+        if not train_eos and eos is not None:
+            labels = [IGNORE_INDEX if label == eos else label for label in labels]
         if all(label == IGNORE_INDEX for label in labels):
             raise TrainerError(
                 f"{role} records {path}: record {rid!r} has nothing to train on "
@@ -314,15 +407,23 @@ def _shape(value: Any) -> str:
 
 
 def _prompt_completion(
-    tokenizer: Any, prompt: Any, completion: Any, where: _Where
+    tokenizer: Any, prompt: Any, completion: Any, where: _Where, *, add_bos: str = "auto", genup: bool = False
 ) -> tuple[list[int], list[int]]:
     if prompt is None or completion is None:
         raise TrainerError(
             f"{where.role} records {where.path}: record {where.rid!r} has a null prompt or completion"
         )
     if isinstance(prompt, str) and isinstance(completion, str):
+        special = wants_bos(tokenizer, prompt, add_bos)
+        if genup:
+            # GenUP's trainer read prompt and completion as one text and trained what follows the
+            # prompt's closing "[/INST]", which is where the completion starts.
+            try:
+                return _encode_after(tokenizer, prompt + completion, len(prompt), special=special)
+            except ValueError as exc:
+                raise where.error(str(exc)) from None
         eos = tokenizer.eos_token_id
-        p_ids = _encode(tokenizer, prompt, special=True)
+        p_ids = _encode(tokenizer, prompt, special=special)
         c_ids = _encode(tokenizer, completion, special=False)
         if eos is not None and (not c_ids or c_ids[-1] != eos):
             c_ids.append(eos)
@@ -378,16 +479,40 @@ def _conversation(tokenizer: Any, messages: Any, where: _Where) -> tuple[list[in
     return ids, labels
 
 
-def _text(tokenizer: Any, text: Any, where: _Where) -> tuple[list[int], list[int]]:
+def _text(
+    tokenizer: Any,
+    text: Any,
+    where: _Where,
+    *,
+    add_bos: str = "auto",
+    genup: bool = False,
+    template: str = "",
+    column: str = "text",
+) -> tuple[list[int], list[int]]:
     if not isinstance(text, str):
-        raise where.shape_error(f"'text' must be a string, got {_shape(text)}")
+        raise where.shape_error(f"{column!r} must be a string, got {_shape(text)}")
     if not text:
-        raise where.error("'text' is empty")
-    ids = _encode(tokenizer, text, special=True)
+        raise where.error(f"{column!r} is empty")
+    special = wants_bos(tokenizer, text, add_bos)
+    boundary = 0
+    if template:
+        at = text.find(template)
+        if at < 0:
+            # TRL's collator only warns and trains nothing on such a record; a silent no-op is worse.
+            raise where.error(f"response_template {template!r} does not occur in {column!r}")
+        boundary = at + len(template)
+    try:
+        ids, labels = _encode_after(tokenizer, text, boundary, special=special)
+    except ValueError as exc:
+        raise where.error(str(exc)) from None
+    if not template:
+        labels = list(ids)
     eos = tokenizer.eos_token_id
-    if eos is not None and ids[-1] != eos:
+    # A GenUP text ends in its own "</s>" (plain text to Llama 3): GenUP's trainer added no EOS.
+    if not genup and eos is not None and ids[-1] != eos:
         ids.append(eos)
-    return ids, list(ids)
+        labels.append(eos)
+    return ids, labels
 
 
 def _truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]]:

@@ -4,6 +4,8 @@ Loss normalisation is what makes every layout train the same model: the loss of 
 is the sum of token losses over the whole global batch (all micro-batches on all processes) divided
 by the number of target tokens in it. Each process knows the full data order, so it computes that
 count locally, and ``batch_size * grad_accum * world_size`` records form one step wherever they run.
+``loss_average = "micro_batch"`` instead averages the micro-batches' own token means, as transformers'
+Trainer did for GenUP; that too is the same for every layout with the same micro-batches.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ _RESUME_FIXED = (
     "model",
     "train",
     "format",
+    "text_column",
+    "response_template",
+    "add_bos",
+    "train_eos",
     "max_length",
     "truncation",
     "packing",
@@ -54,8 +60,10 @@ _RESUME_FIXED = (
     "batch_size",
     "grad_accum",
     "warmup_steps",
+    "warmup_from_zero",
     "scheduler",
     "max_grad_norm",
+    "loss_average",
     "seed",
 )
 
@@ -180,6 +188,8 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Any:
 
     def fn(step: int) -> float:
         if step < warmup:
+            if config.warmup_from_zero:
+                return step / warmup
             return (step + 1) / (warmup + 1)
         if config.scheduler == "constant":
             return 1.0
@@ -407,6 +417,10 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
         truncation=config.truncation,
         path=config.train,
         role="train",
+        add_bos=config.add_bos,
+        train_eos=config.train_eos,
+        text_column=config.text_column,
+        response_template=config.response_template,
     )
     examples = train_set.examples
     val_examples: list[Example] = []
@@ -419,6 +433,10 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
             truncation=config.truncation,
             path=config.val,
             role="val",
+            add_bos=config.add_bos,
+            train_eos=config.train_eos,
+            text_column=config.text_column,
+            response_template=config.response_template,
         )
         val_examples = val_set.examples
     if config.packing:
@@ -575,6 +593,8 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
         global_ids = order[within * per_step : (within + 1) * per_step]
         global_batch = [examples[i] for i in global_ids]
         n_global = _n_targets(global_batch)
+        # Micro-batches that hold records, over all processes (chunks are dealt in rank-major order).
+        n_chunks = math.ceil(len(global_batch) / config.batch_size)
         step_loss = 0.0
         step_tokens = 0
         for micro in range(config.grad_accum):
@@ -583,12 +603,21 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
             dummy = not chunk
             batch = collate(chunk or global_batch[:1], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss_sum, _ = _token_loss_sum(model, batch, keep_logits=keep_logits)
+            loss_sum, n_chunk = _token_loss_sum(model, batch, keep_logits=keep_logits)
             # Scale by world size: FSDP averages gradients over processes, we want the global sum.
-            scale = 0.0 if dummy else world / max(n_global, 1)
+            if dummy:
+                scale = 0.0
+            elif config.loss_average == "micro_batch":
+                scale = world / (n_chunks * max(n_chunk, 1))
+            else:
+                scale = world / max(n_global, 1)
             (loss_sum * scale).backward()
             if not dummy:
-                step_loss += float(loss_sum.detach())
+                value = float(loss_sum.detach())
+                if config.loss_average == "micro_batch":
+                    # Reported like the gradient: divided by n_global again below.
+                    value *= n_global / (n_chunks * max(n_chunk, 1))
+                step_loss += value
                 step_tokens += int(sum(len(ex.input_ids) for ex in chunk))
         grad_norm = float("nan")
         if config.max_grad_norm > 0:
