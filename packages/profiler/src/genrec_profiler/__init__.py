@@ -17,12 +17,15 @@ from genrec_profiler._generate import (
     generate_profiles,
     read_profiles,
 )
+from genrec_profiler._genup import read_genup_profiles, write_genup_profiles
 from genrec_profiler._models import resolve_model
 from genrec_profiler._openai import OpenAIBackend
+from genrec_profiler._prompt import GENUP_PROMPT, genup_messages
 from genrec_profiler._schema import (
     AGE_GROUPS,
     EDUCATION_LEVELS,
     GENDERS,
+    GENUP_KEYS,
     SOCIOECO_LEVELS,
     TRAIT_POLES,
     ParsedProfile,
@@ -52,6 +55,8 @@ __all__ = [
     "AGE_GROUPS",
     "EDUCATION_LEVELS",
     "GENDERS",
+    "GENUP_KEYS",
+    "GENUP_PROMPT",
     "PROFILE_SCHEMA",
     "SOCIOECO_LEVELS",
     "TRAIT_POLES",
@@ -69,9 +74,12 @@ __all__ = [
     "UserDigest",
     "__version__",
     "generate_profiles",
+    "genup_messages",
     "parse_profile",
     "profile_stats",
+    "read_genup_profiles",
     "read_profiles",
     "resolve_model",
     "similar_users",
+    "write_genup_profiles",
 ]

@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     # progress: the command shows it unless --no-progress (the config's default is off).
     add_config_args(gen, ProfilerConfig, skip=("progress",))
 
+    parse = sub.add_parser("parse", help="validate profiles: GenUP's user_profile_<id>.json files (a folder, a file, "
+                           "its table) or a file of one model answer")
+    parse.add_argument("path", help="folder of user_profile_<id>.json, one such file, a GenUP profiles table, or a text file")
+    parse.add_argument("--user", default=None, help="user id for a text file that is not user_profile_<id>.json")
+    parse.add_argument("--out", default=None, help="write the profiles table (parquet)")
+    parse.add_argument("--json", action="store_true", help="print each parsed profile as a JSON line")
+
+    export = sub.add_parser("export-genup", help="write a profiles table as GenUP's user_profile_<id>.json files")
+    export.add_argument("file", help="profiles parquet file")
+    export.add_argument("--out", required=True, help="output folder")
+
     stats = sub.add_parser("stats", help="attribute distributions, failures and cost of a profiles file")
     stats.add_argument("file", help="profiles parquet file")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -94,6 +105,50 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import polars as pl
+
+    from genrec_core import PROFILES, atomic_write_parquet
+    from genrec_profiler._generate import PROFILE_SCHEMA
+    from genrec_profiler._genup import GENUP_FILE_RE, read_genup_profiles
+    from genrec_profiler._schema import parse_profile
+
+    path = Path(args.path)
+    if path.is_file() and not GENUP_FILE_RE.match(path.name) and path.suffix not in (".parquet", ".jsonl", ".ndjson"):
+        text = path.read_text(encoding="utf-8")
+        parsed = parse_profile(text)
+        row = {**parsed.to_row(), "user_id": args.user or path.stem, "raw": text, "backend": None, "model": None}
+        table = PROFILES.validate(pl.DataFrame([row], schema=PROFILE_SCHEMA), source=path)
+    else:
+        table = read_genup_profiles(args.path)
+    for row in table.iter_rows(named=True):
+        if args.json:
+            keep = ("user_id", "status", "error", "traits", "age", "gender", "education", "socioeco", "preferences",
+                    "routines", "summary", "repairs")
+            print(json.dumps({k: row[k] for k in keep}))
+        else:
+            why = f": {row['error']}" if row["error"] else (f" ({len(row['repairs'])} repairs)" if row["repairs"] else "")
+            print(f"user {row['user_id']}: {row['status']}{why}")
+    counts = table["status"].value_counts(sort=True)
+    print(", ".join(f"{s} {n}" for s, n in counts.iter_rows()) + f" ({table.height} profiles)",
+          file=sys.stderr if args.json else sys.stdout)
+    if args.out:
+        atomic_write_parquet(args.out, table)
+        print(f"profiles: {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from genrec_profiler._genup import write_genup_profiles
+
+    written = write_genup_profiles(args.file, args.out)
+    print(f"wrote {len(written)} GenUP profile files to {args.out}")
+    return 0
+
+
 def _stats(args: argparse.Namespace) -> int:
     import json
 
@@ -120,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"generate": _generate, "stats": _stats, "similar": _similar}
+    commands = {"generate": _generate, "parse": _parse, "export-genup": _export, "stats": _stats,
+                "similar": _similar}
     # ValueError too: polars and numpy raise it on bad input deep inside a command.
     return run_main(parser.prog, lambda: commands[args.command](args), debug=args.debug, errors=(ValueError,))
 

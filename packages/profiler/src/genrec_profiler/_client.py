@@ -23,6 +23,9 @@ class ProfileRequest:
     #: The statistical draft shown in the prompt, if any: fields the model leaves out or gets wrong
     #: keep the draft's value (the prompt asks the model to change only what the check-ins contradict).
     draft: Mapping[str, Any] | None = None
+    #: Ask for JSON mode whatever the backend's own setting (GenUP's requests always do); a backend
+    #: without one ignores it.
+    json_mode: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 
@@ -17,7 +17,7 @@ from genrec_core import PROFILES, atomic_write_parquet
 from genrec_profiler._client import Completion, LLMClient, ProfileRequest
 from genrec_profiler._digest import compute_digests, user_sentences
 from genrec_profiler._errors import ProfilerError
-from genrec_profiler._prompt import FittedPrompt, feedback_messages, fit_prompt
+from genrec_profiler._prompt import FittedPrompt, feedback_messages, fit_prompt, genup_messages
 from genrec_profiler._schema import ParsedProfile, parse_profile
 from genrec_profiler._template import template_profile
 
@@ -62,6 +62,13 @@ class ProfilerConfig:
         default=False,
         metadata={"help": "leave out the statistical draft profile from the prompt (GenUP's original prompt)"},
     )
+    protocol: Literal["genrec", "genup"] = field(
+        default="genrec",
+        metadata={
+            "help": "genrec: our prompt (check-ins that fit, digest, draft); genup: GenUP's prompt byte for byte over "
+            "every training check-in, one user message, JSON mode"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "start over instead of resuming"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
 
@@ -72,6 +79,15 @@ class ProfilerConfig:
                 raise ProfilerError(f"ProfilerConfig.{name}: must be at least 1, got {value}")
         if self.max_retries < 0:
             raise ProfilerError(f"ProfilerConfig.max_retries: must be at least 0, got {self.max_retries}")
+        if self.protocol not in ("genrec", "genup"):
+            raise ProfilerError(f"ProfilerConfig.protocol: must be 'genrec' or 'genup', got {self.protocol!r}")
+        if self.protocol == "genup":
+            for name in ("max_prompt_tokens", "max_checkins"):
+                if getattr(self, name) is not None:
+                    raise ProfilerError(
+                        f"ProfilerConfig.{name}: a genrec option; protocol='genup' sends every training check-in "
+                        "as GenUP does"
+                    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -289,6 +305,10 @@ def generate_profiles(
     next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
     def fitted(user: str) -> tuple[FittedPrompt, ProfileRequest]:
         digest = digests[user]
+        if config.protocol == "genup":
+            every = sentences[user]
+            fit = FittedPrompt(messages=genup_messages(user, every), n_used=len(every), n_cut=0)
+            return fit, ProfileRequest(user_id=user, messages=fit.messages, digest=digest, json_mode=True)
         draft_obj = None if config.no_draft else template_profile(digest)
         draft = None if draft_obj is None else json.dumps(draft_obj)
         fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,

@@ -127,7 +127,7 @@ class OpenAIBackend:
         }
         if self.seed is not None:
             payload["seed"] = self.seed
-        if self._json_mode:
+        if self._json_mode or request.json_mode:
             payload["response_format"] = {"type": "json_object"}
         return payload
 
@@ -141,7 +141,7 @@ class OpenAIBackend:
             raise _Retryable(f"timeout after {self.timeout:g}s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection error: {type(exc).__name__}: {exc}") from None
-        if response.status_code == 400 and "response_format" in payload and not self._json_forced:
+        if response.status_code == 400 and "response_format" in payload and not (self._json_forced or request.json_mode):
             logger.info("%s rejected response_format (HTTP 400); continuing without JSON mode", self.base_url)
             with self._lock:
                 self._json_mode = False

@@ -33,6 +33,30 @@ DRAFT_TEXT = (
     "A draft profile computed from the check-in statistics alone (keep its format; change any value "
     "that the check-ins suggest differently and write a richer summary):\n{draft}"
 )
+# GenUP's prompt (gpt.py, GPT.generate_user_profile), character for character: one user message,
+# {user_id} and {user_history_prompt} filled with str.format, the braces of the JSON example doubled.
+GENUP_PROMPT = (
+    "Given the following check-ins of user {user_id}, generate a 200-word user profile summary to be used as a "
+    "system prompt to another LLM that simulates this person's behavior, preferences, routines, hobbies, "
+    "schedule, etc. Predict this user's Big Five Inventory traits: (1) extroverted / introverted, (2) agreeable "
+    "/ antagonistic, (3) conscientious / unconscientious, (4) neurotic / emotionally stable, (5) open / closed "
+    "to experience. Also predict their age: child (<13) / adolescent (13-17) / adult (18-64) / older adult "
+    "(>64); their gender: male / female; their educational background: some schooling / high school / college "
+    "& beyond; and their socioeconomic level: lower / middle / upper. Also include any patterns that is "
+    "observed and POI IDs of important places that might be visited in the future in the user profile summary. "
+    "This system prompt will be used to make future check-in predictions. Return your response in JSON format: "
+    '{{"traits": [trait1, trait2, trait3, trait4, trait5], "attributes": [age, gender, edu, socioeco], '
+    '"preferences": [preference1, preference2, preference3, ...], "routines": [routine1, routine2, routine3, '
+    '...], "user_profile": "200-word user profile summary"}}\n{user_history_prompt}'
+)
+
+
+def genup_messages(user_id: str, sentences: Sequence[str]) -> tuple[Message, ...]:
+    """GenUP's request: its prompt over every check-in sentence joined by single spaces
+    (generate_user_profile.py: ``" ".join(user_df["prompt"].values)``), as the only (user) message."""
+    return ({"role": "user", "content": GENUP_PROMPT.format(user_id=user_id, user_history_prompt=" ".join(sentences))},)
+
+
 FEEDBACK = (
     "Your answer could not be used: {error}. Reply again with only the JSON object, with all eight keys "
     "and only the allowed values."

@@ -48,8 +48,17 @@ _KEY_ALIASES: dict[str, str] = {
                                   "favourites")},
     **{k: "routines" for k in ("routines", "routine", "habits", "daily_routines", "patterns")},
     **{k: "summary" for k in ("summary", "profile_summary", "description", "system_prompt", "bio",
-                              "overview")},
+                              "overview", "user_profile", "user_profile_summary")},
+    # GenUP's schema: one list [age, gender, edu, socioeco] (split into the four fields below).
+    **{k: "attributes" for k in ("attributes", "demographics")},
 }
+#: The keys of GenUP's profile JSON (gpt.py: ``{"traits", "attributes", "preferences", "routines",
+#: "user_profile"}``), and the fields its ``attributes`` list holds, in order.
+GENUP_KEYS = ("traits", "attributes", "preferences", "routines", "user_profile")
+GENUP_ATTRIBUTES = ("age", "gender", "education", "socioeco")
+# GenUP's prompt offers "open / closed to experience"; models answer "open" or "closed", which is
+# GenUP's own spelling of our pole, not a repair.
+_GENUP_NATIVE_TRAITS = frozenset({"open", "closed"})
 
 # Value spellings -> canonical value, compared after _norm() (lower case, no parenthetical).
 _AGE_ALIASES = {
@@ -140,6 +149,8 @@ class ParsedProfile:
     error: str | None = None
     repairs: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``"genup"`` when the output was GenUP's schema (``attributes`` list, ``user_profile`` text).
+    schema: Literal["genrec", "genup"] = "genrec"
 
     @property
     def ok(self) -> bool:
@@ -154,6 +165,7 @@ class ParsedProfile:
         row["routines"] = list(self.routines)
         row["repairs"] = list(self.repairs)
         row["extra"] = json.dumps(self.extra, sort_keys=True, default=str) if self.extra else None
+        del row["schema"]
         return row
 
 
@@ -366,7 +378,9 @@ def _trait_pole(text: str) -> tuple[int, str] | None:
     return None
 
 
-def _traits(value: Any, repairs: list[str], fallback: Sequence[str] = ()) -> tuple[str, ...]:
+def _traits(
+    value: Any, repairs: list[str], fallback: Sequence[str] = (), native: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     poles: dict[int, str] = {}
     items: list[tuple[str | None, Any]]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
@@ -407,7 +421,8 @@ def _traits(value: Any, repairs: list[str], fallback: Sequence[str] = ()) -> tup
         dim, pole = hit
         if dim in poles and poles[dim] != pole:
             raise ValueError(f"field 'traits': both {poles[dim]!r} and {pole!r} given for {TRAIT_POLES[dim][0]}")
-        if not (isinstance(item, str) and item == pole and key is None):
+        plain = isinstance(item, str) and key is None and (item == pole or item in native)
+        if not plain:
             repairs.append(f"traits: {item!r} -> {pole!r}" if key is None else f"traits: {key}={item!r} -> {pole!r}")
         poles[dim] = pole
     for pole in fallback:
@@ -463,15 +478,34 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
             extra[key] = value
             repairs.append(f"key {key!r}: duplicate of {target!r}, kept aside")
             continue
-        if key != target:
+        if key != target and not (key == "user_profile" and isinstance(value, str)):
             repairs.append(f"key {key!r} -> {target!r}")
         values[target] = value
 
     errors: list[str] = []
+    schema: Literal["genrec", "genup"] = "genrec"
+    if "attributes" in values:
+        schema = "genup"
+        attrs = values.pop("attributes")
+        if isinstance(attrs, dict):
+            named = {_KEY_ALIASES.get(_key(str(k))): v for k, v in attrs.items()}
+            attrs = [named.get(name) for name in GENUP_ATTRIBUTES]
+            repairs.append("attributes: an object instead of GenUP's [age, gender, edu, socioeco] list")
+        if isinstance(attrs, list) and len(attrs) == len(GENUP_ATTRIBUTES):
+            for name, value in zip(GENUP_ATTRIBUTES, attrs):
+                if name in values:
+                    extra.setdefault("attributes", attrs)
+                    repairs.append(f"attributes: {name} also given on its own, kept that one")
+                else:
+                    values[name] = value
+        else:
+            extra["attributes"] = attrs
+            errors.append(f"field 'attributes': expected GenUP's [age, gender, edu, socioeco], got {attrs!r}")
+    native = _GENUP_NATIVE_TRAITS if schema == "genup" else frozenset()
     fields: dict[str, Any] = {}
     fallback: Sequence[str] = tuple(draft.get("traits", ())) if draft else ()
     parsers = {
-        "traits": lambda v: _traits(v, repairs, fallback),
+        "traits": lambda v: _traits(v, repairs, fallback, native),
         "age": lambda v: _choice(v, "age", _AGE_ALIASES, AGE_GROUPS, repairs),
         "gender": lambda v: _choice(v, "gender", _GENDER_ALIASES, GENDERS, repairs),
         "education": lambda v: _choice(v, "education", _EDUCATION_ALIASES, EDUCATION_LEVELS, repairs),
@@ -497,7 +531,8 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
                 continue
             except ValueError:
                 pass
-        if problem is not None:
+        if problem is not None and not (schema == "genup" and name in GENUP_ATTRIBUTES and "attributes" in extra
+                                        and problem.endswith("missing")):
             errors.append(problem)
     summary = values.get("summary")
     if isinstance(summary, list) and all(isinstance(s, str) for s in summary):
@@ -520,4 +555,5 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
         error="; ".join(errors) if errors else None,
         repairs=tuple(repairs),
         extra=extra,
+        schema=schema,
     )

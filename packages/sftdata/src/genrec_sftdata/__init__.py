@@ -9,6 +9,16 @@ from importlib.metadata import PackageNotFoundError, version
 from genrec_sftdata._contract import PREPARED_COLUMNS, RAW_COLUMNS
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._genup import read_genup_records
+from genrec_sftdata._genup_build import (
+    PROFILE_FIELDS,
+    build_genup_records,
+    genup_profile,
+    genup_profiles_map,
+    genup_records_from_qa,
+    genup_system_prompt,
+    llm4poi_frame,
+    llm4poi_qa_pairs,
+)
 from genrec_sftdata._nextpoi import NextPoiConfig, build_next_poi, checkin_sentence_expr
 from genrec_sftdata._prepare import PrepareConfig, PreparedData, load_prepared, prepare
 from genrec_sftdata._readers import read_checkins, sniff_format
@@ -23,6 +33,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "PREPARED_COLUMNS",
+    "PROFILE_FIELDS",
     "RAW_COLUMNS",
     "CityConfig",
     "CtrConfig",
@@ -33,9 +44,16 @@ __all__ = [
     "SftDataError",
     "__version__",
     "build_ctr",
+    "build_genup_records",
     "build_next_poi",
     "build_seqrec",
     "checkin_sentence_expr",
+    "genup_profile",
+    "genup_profiles_map",
+    "genup_records_from_qa",
+    "genup_system_prompt",
+    "llm4poi_frame",
+    "llm4poi_qa_pairs",
     "load_prepared",
     "prepare",
     "push_to_hub",

@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     add_config_args(p, CtrConfig, skip=[f.name for f in dataclasses.fields(SeqRecConfig)], unset_defaults=True,
                     prefix_help="ctr: ")
 
+    p = sub.add_parser("genup-records", help="GenUP's published next-POI datasets as SFT records: DIR2/{train,test}.parquet")
+    p.add_argument("--source", required=True,
+                   help="hub dataset id (w11wo/FourSquare-NYC-POI), save_to_disk folder, parquet/jsonl file or folder")
+    p.add_argument("--protocol", choices=["genrec", "genup"], default="genrec",
+                   help="genup: prompt/completion are GenUP's <s>[INST] string; genrec: system, blank line, inputs "
+                   "(default: genrec)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--write-format", choices=["parquet", "jsonl", "hf"], default="parquet")
+
     p = sub.add_parser("stats", help="print the table of counts of a prepared folder")
     p.add_argument("dir", type=Path)
     return parser
@@ -135,6 +144,12 @@ def _run(args: argparse.Namespace) -> int:
         g.write_records(records, args.out, format=args.write_format, progress=args.progress)
         counts = ", ".join(f"{k}={v.height}" for k, v in records.items())
         print(f"wrote {args.task} records to {args.out} ({args.write_format}): {counts}")
+        return 0
+    if args.command == "genup-records":
+        records = g.read_genup_records(args.source, protocol=args.protocol)
+        g.write_records(records, args.out, format=args.write_format)
+        counts = ", ".join(f"{k}={v.height}" for k, v in records.items())
+        print(f"wrote GenUP next_poi records ({args.protocol}) to {args.out} ({args.write_format}): {counts}")
         return 0
     if args.command == "stats":
         stats_file = args.dir / "stats.json"

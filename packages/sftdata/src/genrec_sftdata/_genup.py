@@ -1,7 +1,8 @@
 """GenUP's published next-POI SFT datasets (``w11wo/FourSquare-NYC-POI`` and siblings) as records.
 
-Their layout: a ``DatasetDict`` (train/test) with ``system_prompt`` (the profile), ``inputs`` (the
-trajectory, a newline, the question), ``targets`` (the answer) and ``llama_prompt``. The reader parses
+Their layout (``create_sft_dataset.py``): a ``DatasetDict`` (train/test) with ``system_prompt`` (the
+profile), ``inputs`` (the trajectory, a newline, the question), ``targets`` (the answer) and
+``llama_prompt`` (``<s>[INST] <<SYS>>\n{system_prompt}\n<</SYS>>\n\n{inputs} [/INST] {targets} </s>``). The reader parses
 the task fields back out of the text with Polars regular expressions.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
 from genrec_core import SFT_RECORDS
 from genrec_sftdata._contract import require_columns, validated
 from genrec_sftdata._errors import SftDataError
+from genrec_sftdata._genup_build import genup_completion_expr, genup_prompt_expr
 from genrec_sftdata._nextpoi import TIME_FORMAT
 
 logger = logging.getLogger(__name__)
@@ -23,36 +26,78 @@ GENUP_COLUMNS = ("system_prompt", "inputs", "targets")
 _SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
 
 
+def _split_of(name: str) -> str:
+    """The split a file name stands for (``train-00000-of-00001.parquet``, ``test.jsonl``)."""
+    return _SPLITS.get(name.split("-")[0].split(".")[0], "train")
+
+
+def _read_file(path: Path) -> pl.DataFrame:
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path)
+    if path.suffix in (".jsonl", ".ndjson"):
+        return pl.read_ndjson(path)
+    if path.suffix == ".json":
+        return pl.read_json(path)
+    raise SftDataError(f"{path}: expected a .parquet, .jsonl or .json file of GenUP records")
+
+
 def _load(source: str | Path | pl.DataFrame) -> list[tuple[str, pl.DataFrame, str]]:
-    """(split, frame, name) parts."""
+    """(split, frame, name) parts of a frame, a file, a folder of parquet files (a hub snapshot: its
+    ``data/<split>-*.parquet``), a ``save_to_disk`` folder, or a hub dataset id."""
     if isinstance(source, pl.DataFrame):
         return [("train", source, "frame")]
     path = Path(source)
+    if not path.exists():
+        from genrec_core.models import resolve_dataset
+
+        try:
+            path = resolve_dataset(str(source))
+        except Exception as exc:  # offline, unknown repo, no such path: one clear line
+            raise SftDataError(f"{source}: cannot load the GenUP dataset: {exc}") from exc
     if path.is_file():
-        frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
-        return [(_SPLITS.get(path.stem.split("-")[0], "train"), frame, str(path))]
-    import datasets
+        return [(_split_of(path.name), _read_file(path), str(path))]
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        import datasets
 
-    try:
-        ds = datasets.load_from_disk(str(path)) if path.exists() else datasets.load_dataset(str(source))
-    except Exception as exc:  # offline, unknown repo, not a dataset folder: one clear error
-        raise SftDataError(f"{source}: cannot load the Hugging Face dataset: {type(exc).__name__}: {exc}") from exc
-    if isinstance(ds, datasets.DatasetDict):
-        return [
-            (_SPLITS.get(name, name), pl.from_arrow(d.data.table), f"{source}[{name}]")  # type: ignore[misc]
-            for name, d in ds.items()
-        ]
-    return [("train", pl.from_arrow(ds.data.table), str(source))]  # type: ignore[list-item]
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as exc:  # a broken folder: one clear error
+            raise SftDataError(f"{path}: cannot load the saved dataset: {type(exc).__name__}: {exc}") from exc
+        if isinstance(ds, datasets.DatasetDict):
+            return [
+                (_SPLITS.get(name, name), pl.from_arrow(d.data.table), f"{path}[{name}]")  # type: ignore[misc]
+                for name, d in ds.items()
+            ]
+        return [("train", pl.from_arrow(ds.data.table), str(path))]  # type: ignore[list-item]
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl") and not p.name.startswith("."))
+    if not files:
+        raise SftDataError(f"{path}: no parquet or jsonl files and not a save_to_disk folder")
+    return [(_split_of(f.name), _read_file(f), str(f)) for f in files]
 
 
-def read_genup_records(source: str | Path | pl.DataFrame) -> dict[str, pl.DataFrame]:
-    """GenUP-layout next-POI data (hub id, ``save_to_disk`` folder, parquet file or frame) as next_poi
-    SFT records per split, with ``target_poi_idx``, ``history_poi_idx``, ``num_pois``, ``target_time``
-    and ``n_checkins`` parsed from the text (``trajectory_id`` and ``target_category_idx`` are null:
-    the layout does not carry them)."""
+def read_genup_records(
+    source: str | Path | pl.DataFrame, *, protocol: Literal["genrec", "genup"] = "genrec"
+) -> dict[str, pl.DataFrame]:
+    """GenUP-layout next-POI data (a hub id such as ``w11wo/FourSquare-NYC-POI``, a ``save_to_disk``
+    folder, a folder of parquet files, a parquet/jsonl file or a frame) as next_poi SFT records per
+    split, with ``target_poi_idx``, ``history_poi_idx``, ``num_pois``, ``target_time`` and
+    ``n_checkins`` parsed from the text (``trajectory_id`` and ``target_category_idx`` are null: the
+    layout does not carry them). GenUP's own columns (``system_prompt``, ``inputs``, ``targets``,
+    ``llama_prompt`` when present) come along.
+
+    ``protocol="genup"``: prompt and completion are GenUP's ``LLAMA_PROMPT`` split at ``[/INST]``
+    (``<s>`` in the text; ``text_has_bos`` true), the string GenUP trains on; ``"genrec"``: system
+    prompt, a blank line and the inputs, and the bare target.
+    """
+    if protocol not in ("genrec", "genup"):
+        raise SftDataError(f"read_genup_records: protocol must be 'genrec' or 'genup', got {protocol!r}")
     out: dict[str, list[pl.DataFrame]] = {}
+    seen: dict[str, int] = {}
     for split, frame, name in _load(source):
         require_columns(frame, list(GENUP_COLUMNS), source=name)
+        # Record ids number the rows of a split across all its files (a hub split may be sharded).
+        offset = seen.get(split, 0)
+        seen[split] = offset + frame.height
         trajectory = pl.col("inputs").str.split("\nGiven the data, ").list.first()
         recs = frame.with_row_index("__i").with_columns(
             __traj=trajectory.str.split(" There is also historical data: ").list.first(),
@@ -77,11 +122,12 @@ def read_genup_records(source: str | Path | pl.DataFrame) -> dict[str, pl.DataFr
                 pl.element().str.extract(r"(\d+)$", 1).cast(pl.Int64)
             ),
         ).with_columns(
-            record_id=pl.concat_str(pl.lit(f"next_poi:{split}:genup:"), pl.col("__i").cast(pl.String)),
+            record_id=pl.concat_str(pl.lit(f"next_poi:{split}:genup:"), (pl.col("__i") + offset).cast(pl.String)),
             task=pl.lit("next_poi"),
             split=pl.lit(split),
-            prompt=pl.concat_str(pl.col("system_prompt"), pl.lit("\n\n"), pl.col("inputs")),
-            completion=pl.col("targets"),
+            prompt=genup_prompt_expr(pl.col("system_prompt"), pl.col("inputs")) if protocol == "genup"
+            else pl.concat_str(pl.col("system_prompt"), pl.lit("\n\n"), pl.col("inputs")),
+            completion=genup_completion_expr(pl.col("targets")) if protocol == "genup" else pl.col("targets"),
             messages=pl.concat_list(
                 pl.struct(role=pl.lit("system"), content=pl.col("system_prompt")),
                 pl.struct(role=pl.lit("user"), content=pl.col("inputs")),
@@ -91,12 +137,20 @@ def read_genup_records(source: str | Path | pl.DataFrame) -> dict[str, pl.DataFr
             n_checkins=pl.col("history_poi_idx").list.len().cast(pl.Int64),
             target_category_idx=pl.lit(None, dtype=pl.Int64),
             n_cut=pl.lit(0, dtype=pl.Int64),
+            protocol=pl.lit(protocol),
+            text_has_bos=pl.lit(protocol == "genup"),
         )
+        if "llama_prompt" not in recs.columns:
+            recs = recs.with_columns(
+                llama_prompt=pl.concat_str(genup_prompt_expr(pl.col("system_prompt"), pl.col("inputs")),
+                                           genup_completion_expr(pl.col("targets")))
+            )
         out.setdefault(split, []).append(
             recs.select(
                 "record_id", "task", "user_id", "split", "prompt", "completion", "messages",
                 "target_poi_idx", "trajectory_id", "n_checkins", "target_time", "history_poi_idx",
-                "num_pois", "target_category_idx", "n_cut",
+                "num_pois", "target_category_idx", "n_cut", "protocol", "text_has_bos",
+                *GENUP_COLUMNS, "llama_prompt",
             )
         )
     result = {split: validated(SFT_RECORDS, pl.concat(parts), source=f"read_genup_records: {split}")

@@ -51,8 +51,38 @@ class NextPoiConfig:
         default=None, metadata={"help": "token budget of prompt + completion (needs a tokenizer)"}
     )
     splits: tuple[str, ...] = field(default=SPLITS, metadata={"help": "splits to build"})
+    protocol: Literal["genrec", "genup"] = field(
+        default="genrec",
+        metadata={
+            "help": "genrec: our records (options above); genup: GenUP's records exactly (LLM4POI's question/"
+            "answer text, GenUP's system prompt and <s>[INST] string, whole trajectories)"
+        },
+    )
+    profile_fields: Literal["summary", "summary+routines+preferences", "all"] = field(
+        default="all",
+        metadata={
+            "help": "profile ablation of the system prompt: the profile text only; plus preferences and "
+            "routines; or all fields (plus traits and attributes)"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.protocol not in ("genrec", "genup"):
+            raise SftDataError(f"NextPoiConfig: field protocol must be 'genrec' or 'genup', got {self.protocol!r}")
+        if self.profile_fields not in ("summary", "summary+routines+preferences", "all"):
+            raise SftDataError(
+                "NextPoiConfig: field profile_fields must be 'summary', 'summary+routines+preferences' or 'all', "
+                f"got {self.profile_fields!r}"
+            )
+        if self.protocol == "genup":
+            # GenUP has none of these: each would change the text GenUP trains on.
+            for name, off in (("every_prefix", False), ("max_history", None), ("history_checkins", 0),
+                              ("max_length", None)):
+                if getattr(self, name) != off:
+                    raise SftDataError(
+                        f"NextPoiConfig: field {name} is a genrec option; protocol='genup' builds GenUP's records "
+                        "as published (one per trajectory, kept whole, no history block, no token budget)"
+                    )
         if self.prompt_format not in ("plain", "llama2"):
             raise SftDataError(
                 f"NextPoiConfig: field prompt_format must be 'plain' or 'llama2', got {self.prompt_format!r}"
@@ -96,28 +126,37 @@ def _join_list(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.List(pl.String)).list.join(", ")
 
 
-def profile_system_expr(default: str) -> pl.Expr:
-    """GenUP's system part from the profile columns; ``default`` where the user has no usable profile."""
-    text = pl.concat_str(
-        pl.lit("You are user "),
-        pl.col("user_id"),
-        pl.lit(" and your basic information is as follows:\nAge: "),
-        pl.col("age").cast(pl.String).fill_null("unknown"),
-        pl.lit("; Gender: "),
-        pl.col("gender").cast(pl.String).fill_null("unknown"),
-        pl.lit("; Education: "),
-        pl.col("education").cast(pl.String).fill_null("unknown"),
-        pl.lit("; SocioEco: "),
-        pl.col("socioeco").cast(pl.String).fill_null("unknown"),
-        pl.lit(".\nYou have the following traits: "),
-        _join_list("traits").fill_null(""),
-        pl.lit(".\nYou have the following preferences: "),
-        _join_list("preferences").fill_null(""),
-        pl.lit(".\nYou have the following routines: "),
-        _join_list("routines").fill_null(""),
-        pl.lit(".\n"),
-        pl.col("summary").fill_null(""),
-    )
+def profile_system_expr(default: str, profile_fields: str = "all") -> pl.Expr:
+    """GenUP's system part from the profile columns; ``default`` where the user has no usable profile.
+
+    ``profile_fields`` drops the lines of the fields an ablation leaves out (``"summary"``: the summary
+    alone; ``"summary+routines+preferences"``: the preference and routine lines and the summary)."""
+    parts: list[pl.Expr] = []
+    if profile_fields == "all":
+        parts += [
+            pl.lit("You are user "),
+            pl.col("user_id"),
+            pl.lit(" and your basic information is as follows:\nAge: "),
+            pl.col("age").cast(pl.String).fill_null("unknown"),
+            pl.lit("; Gender: "),
+            pl.col("gender").cast(pl.String).fill_null("unknown"),
+            pl.lit("; Education: "),
+            pl.col("education").cast(pl.String).fill_null("unknown"),
+            pl.lit("; SocioEco: "),
+            pl.col("socioeco").cast(pl.String).fill_null("unknown"),
+            pl.lit(".\nYou have the following traits: "),
+            _join_list("traits").fill_null(""),
+            pl.lit(".\n"),
+        ]
+    if profile_fields in ("all", "summary+routines+preferences"):
+        parts += [
+            pl.lit("You have the following preferences: "),
+            _join_list("preferences").fill_null(""),
+            pl.lit(".\nYou have the following routines: "),
+            _join_list("routines").fill_null(""),
+            pl.lit(".\n"),
+        ]
+    text = pl.concat_str(*parts, pl.col("summary").fill_null(""))
     return pl.when(pl.col("__has_profile")).then(text).otherwise(pl.lit(default))
 
 
@@ -156,6 +195,10 @@ def build_next_poi(
     records how many.
     """
     cfg = config or NextPoiConfig()
+    if cfg.protocol == "genup":
+        from genrec_sftdata._genup_build import build_genup_records
+
+        return build_genup_records(data, profiles, config=cfg)
     if not isinstance(data, PreparedData):
         data = load_prepared(data)
     if cfg.max_length is not None and tokenizer is None:
@@ -206,7 +249,7 @@ def build_next_poi(
         )
     else:
         rec = rec.with_columns(*[pl.lit(None).alias(c) for c in PROFILE_COLUMNS], __has_profile=pl.lit(False))
-    rec = rec.with_columns(system=profile_system_expr(cfg.system_prompt))
+    rec = rec.with_columns(system=profile_system_expr(cfg.system_prompt, cfg.profile_fields))
 
     if cfg.max_length is not None:
         rec = _apply_token_budget(rec, cfg, tokenizer, num_pois)
@@ -217,8 +260,9 @@ def build_next_poi(
     out_cols = [
         "record_id", "task", "user_id", "split", "prompt", "completion", "messages",
         "target_poi_idx", "trajectory_id", "n_checkins", "target_time", "history_poi_idx",
-        "num_pois", "target_category_idx", "n_cut",
+        "num_pois", "target_category_idx", "n_cut", "protocol", "text_has_bos",
     ]
+    rec = rec.with_columns(protocol=pl.lit("genrec"), text_has_bos=pl.lit(cfg.prompt_format == "llama2"))
     rec = validated(SFT_RECORDS, rec.select(out_cols), source="build_next_poi")
     result = {s: rec.filter(pl.col("split") == s) for s in cfg.splits}
     for split, frame in result.items():
