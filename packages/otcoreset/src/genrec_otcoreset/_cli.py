@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from genrec_core import add_config_args, config_from_args, run_main
 from genrec_otcoreset import __version__
 from genrec_otcoreset._errors import OtCoresetError
@@ -39,6 +41,17 @@ class FeaturesConfig:
         metadata={"help": "causal LM compute dtype: auto (bfloat16 where the device computes it natively), "
                   "float32, bfloat16 or float16"},
     )
+    protocol: str = field(
+        default="ours",
+        metadata={"help": "ours (fresh LoRA, completion loss, MiniLM) or goracs (the release's features: trained "
+                  "--adapter, whole-text loss, LoRA dropout on, roberta-base embeddings)"},
+    )
+    adapter: str | None = field(
+        default=None, metadata={"help": "goracs: the trained LoRA (peft folder or hub id), e.g. alpaca-bigrec"}
+    )
+    layer: int = field(default=-1, metadata={"help": "goracs: decoder layer whose v_proj.lora_B gradient is read"})
+    dropout: bool = field(default=True, metadata={"help": "goracs: LoRA dropout active (--no-dropout: eval mode)"})
+    load_in_8bit: bool = field(default=False, metadata={"help": "goracs: load the model in 8 bit (CUDA only)"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,9 +65,17 @@ class SelectConfig:
     lam: float = field(default=0.1, metadata={"help": "weight of the gradient-norm term in the cost"})
     method: str = field(
         default="itra",
-        metadata={"help": "itra (ours), goracs (the GORACS release's procedure, exactly), random, grand, kcenter "
-                  "or stratified"},
+        metadata={"help": "itra (ours), goracs (the GORACS release's procedure, exactly), random, grand, kcenter, "
+                  "stratified, el2n, ccs or d2"},
     )
+    score: str = field(
+        default="el2n",
+        metadata={"help": "difficulty score of el2n, ccs and d2: el2n (the features' column) or grad_norm"},
+    )
+    strata: int = field(default=50, metadata={"help": "ccs: equal-width score strata"})
+    ccs_cutoff: float = field(default=0.1, metadata={"help": "ccs: fraction of the hardest records pruned first"})
+    d2_neighbors: int = field(default=10, metadata={"help": "d2: neighbours per record in the kNN graph"})
+    d2_gamma: float = field(default=1.0, metadata={"help": "d2: reverse message weight exp(-gamma * distance)"})
     labels_from_records: bool = field(
         default=False, metadata={"help": "label-enhanced selection from the records' label column"}
     )
@@ -98,7 +119,8 @@ def _run_features(cfg: FeaturesConfig, progress: bool) -> int:
     feats = compute_features(
         cfg.records, model=cfg.model, encoder=cfg.encoder, batch_size=cfg.batch_size,
         max_length=cfg.max_length, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype,
-        progress=progress,
+        progress=progress, protocol=cfg.protocol, adapter=cfg.adapter, layer=cfg.layer, dropout=cfg.dropout,
+        load_in_8bit=cfg.load_in_8bit,
     )
     out = save_features(feats, cfg.out)
     print(f"features of {len(feats.record_ids)} records (dim {feats.embeddings.shape[1]}) written to {out}")
@@ -118,15 +140,27 @@ def _run_select(cfg: SelectConfig, progress: bool) -> int:
             if fs.labels is None:
                 raise OtCoresetError(f"--labels-from-records: {name} folder {folder} has no label column")
         labels, val_labels = train.labels, val.labels
+    if cfg.score not in ("el2n", "grad_norm"):
+        raise OtCoresetError(f"--score must be el2n or grad_norm, got {cfg.score!r}")
+    scores = None
+    if cfg.method in ("el2n", "ccs", "d2") and cfg.score == "el2n":
+        if train.el2n is None or np.isnan(train.el2n).any():
+            raise OtCoresetError(
+                f"--method {cfg.method}: features folder {cfg.features} has no el2n column (recompute the features, "
+                "or pass --score grad_norm)"
+            )
+        scores = train.el2n
     res = select(
         embeddings=train.embeddings, grad_norms=train.grad_norms, val_embeddings=val.embeddings,
         budget=cfg.budget, method=cfg.method, lam=cfg.lam, labels=labels, val_labels=val_labels,
         candidates=cfg.candidates, max_swaps=cfg.max_swaps, seed=cfg.seed, device=cfg.device,
-        progress=progress, exact_shortcuts=cfg.exact_shortcuts,
+        progress=progress, exact_shortcuts=cfg.exact_shortcuts, scores=scores, strata=cfg.strata,
+        ccs_cutoff=cfg.ccs_cutoff, d2_neighbors=cfg.d2_neighbors, d2_gamma=cfg.d2_gamma,
     )
     out, log_path = write_selection(
         cfg.out, train.record_ids, res, n_val=len(val.record_ids), lam=cfg.lam, labels=cfg.labels_from_records,
-        extra={"features": str(cfg.features), "val_features": str(cfg.val_features)},
+        extra={"features": str(cfg.features), "val_features": str(cfg.val_features),
+               **({"score": cfg.score} if cfg.method in ("el2n", "ccs", "d2") else {})},
     )
     print(
         f"{res.method}: selected {res.indices.size} of {len(train.record_ids)} records, exact POO {res.poo:.6g} "

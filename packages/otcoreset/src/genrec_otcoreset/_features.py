@@ -72,13 +72,15 @@ class FeatureSet:
     """Features of a set of records, row-aligned: ids, embeddings ``(N, d)``, gradient norms ``(N,)``.
 
     ``encoder`` and ``model`` are the names worth recording (hub id, alias or the path as given);
-    ``key`` is :func:`features_key` of the inputs that produced them (empty when unknown).
+    ``el2n`` the per-record EL2N (mean error L2 norm over the response tokens; absent in folders written
+    before it existed); ``key`` is :func:`features_key` of the inputs that produced them (empty when unknown).
     """
 
     record_ids: tuple[str, ...]
     embeddings: np.ndarray
     grad_norms: np.ndarray
     labels: np.ndarray | None = None
+    el2n: np.ndarray | None = None
     encoder: str = ""
     model: str = ""
     key: Mapping[str, Any] = field(default_factory=dict)
@@ -184,8 +186,12 @@ def lora_b_grad_norms(
     batch_size: int = 8,
     max_length: int = 512,
     progress: bool = False,
-) -> np.ndarray:
-    """Per-record ``||dL/dB||_F`` of a fresh LoRA on the last layer's ``v_proj`` (see module docstring)."""
+    return_el2n: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Per-record ``||dL/dB||_F`` of a fresh LoRA on the last layer's ``v_proj`` (see module docstring).
+
+    With ``return_el2n`` also each record's EL2N, the mean over its completion tokens of
+    ``||softmax(logits) - onehot(token)||_2``, from the same forward pass."""
     import torch
     from tqdm.auto import tqdm
 
@@ -197,6 +203,7 @@ def lora_b_grad_norms(
     encoded = _encode_pairs(tokenizer, prompts, completions, max_length)
     slice_logits = takes_logits_to_keep(model)
     norms = np.empty(len(encoded), dtype=np.float64)
+    el2n = np.empty(len(encoded), dtype=np.float64)
     grabbed: dict[str, torch.Tensor] = {}
 
     def hook(_mod: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -241,6 +248,13 @@ def lora_b_grad_norms(
                 counts = (shift_labels != -100).sum(dim=1).clamp(min=1)
                 per_sample = tok.sum(dim=1) / counts
                 (delta,) = torch.autograd.grad(per_sample.sum(), grabbed["v"])
+            if return_el2n:
+                with torch.no_grad():
+                    valid = shift_labels != -100
+                    p = torch.softmax(shift_logits.detach(), dim=-1)
+                    p_y = p.gather(-1, shift_labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                    err = ((p * p).sum(-1) - 2 * p_y + 1).clamp(min=0).sqrt() * valid
+                    el2n[lo : lo + len(batch)] = (err.sum(dim=1) / counts).double().cpu().numpy()
             z = grabbed["x"].float() @ a_mat.T  # (B, T, r)
             grad_b = scale * torch.einsum("bto,btr->bor", delta.float(), z)
             norms[lo : lo + len(batch)] = torch.linalg.matrix_norm(grad_b).double().cpu().numpy()
@@ -251,7 +265,7 @@ def lora_b_grad_norms(
         for p, r in zip(model.parameters(), req):
             p.requires_grad_(r)
         model.train(was_training)
-    return norms
+    return (norms, el2n) if return_el2n else norms
 
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -311,6 +325,11 @@ def features_key(
     lora_alpha: float = 16.0,
     seed: int = 0,
     dtype: str = "auto",
+    protocol: str = "ours",
+    adapter: str | os.PathLike[str] | None = None,
+    layer: int = -1,
+    dropout: bool = True,
+    load_in_8bit: bool = False,
 ) -> dict[str, Any]:
     """What identifies the features of ``records`` under these settings (the arguments of
     :func:`compute_features` that change its result), as stored in ``meta.json`` under ``"key"``.
@@ -326,7 +345,7 @@ def features_key(
         if col == "record_id":
             values = [str(v) for v in values]  # ids 7 and "7" are one record, as in compute_features
         h.update(json.dumps([col, values], default=str).encode())
-    return {
+    out: dict[str, Any] = {
         "version": FEATURES_VERSION,
         "n": df.height,
         "records_sha256": h.hexdigest(),
@@ -338,6 +357,17 @@ def features_key(
         "seed": int(seed),
         "dtype": str(dtype),
     }
+    if protocol != "ours":
+        # Only non-default protocols add keys, so folders written before protocols existed still match.
+        out.update({
+            "protocol": str(protocol), "adapter": None if adapter is None else os.fspath(adapter).strip(),
+            "layer": int(layer), "dropout": bool(dropout), "load_in_8bit": bool(load_in_8bit),
+        })
+        if encoder is None:
+            out["encoder"] = _goracs_encoder_name()
+        out.pop("lora_rank")
+        out.pop("lora_alpha")
+    return out
 
 
 #: Arguments of :func:`compute_features` that change how fast, not what: not part of the key.
@@ -361,6 +391,34 @@ def features_match(folder: str | os.PathLike[str], records: Any, **settings: Any
     return bool(stored) and stored == features_key(records, **settings)
 
 
+PROTOCOLS = ("ours", "goracs")
+
+
+def _goracs_encoder_name() -> str:
+    from genrec_otcoreset._goracs_features import GORACS_ENCODER
+
+    return GORACS_ENCODER
+
+
+def _check_protocol(
+    protocol: str, adapter: Any, layer: Any, dropout: Any, load_in_8bit: Any
+) -> None:
+    if protocol not in PROTOCOLS:
+        raise OtCoresetError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise OtCoresetError(f"layer must be an integer (negative counts from the last), got {layer!r}")
+    for name, val in (("dropout", dropout), ("load_in_8bit", load_in_8bit)):
+        if not isinstance(val, bool):
+            raise OtCoresetError(f"{name} must be True or False, got {val!r}")
+    if protocol == "ours":
+        given = [n for n, v, d in (("adapter", adapter, None), ("layer", layer, -1), ("load_in_8bit", load_in_8bit, False),
+                                   ("dropout", dropout, True)) if v != d]
+        if given:
+            raise OtCoresetError(f"{', '.join(given)}: only for protocol='goracs' (ours uses a fresh LoRA on the last layer)")
+    elif adapter is None or not os.fspath(adapter).strip():
+        raise OtCoresetError("protocol='goracs' needs adapter= (a peft LoRA folder or hub id, e.g. the trained alpaca-bigrec)")
+
+
 def compute_features(
     records: Any,
     *,
@@ -374,16 +432,30 @@ def compute_features(
     device: str = "auto",
     dtype: str = "auto",
     progress: bool = False,
+    protocol: str = "ours",
+    adapter: str | os.PathLike[str] | None = None,
+    layer: int = -1,
+    dropout: bool = True,
+    load_in_8bit: bool = False,
 ) -> FeatureSet:
-    """Embeddings and LoRA-B gradient norms of SFT records (a parquet path or a polars frame).
+    """Embeddings, LoRA-B gradient norms and EL2N of SFT records (a parquet path or a polars frame).
 
     ``model``: a causal LM as :func:`genrec_core.models.resolve_model` takes it (the alias ``smollm2``,
     an HF folder, a ``.gguf`` file or a hub id ``org/name``); ``encoder``: a sentence-transformers
-    folder or hub id (default: the offline all-MiniLM-L6-v2, see :func:`resolve_encoder`). The embedded
-    text is prompt + completion; the loss is the mean over completion tokens. A ``label`` column, when
-    present, is carried along. ``dtype`` is the causal LM's compute dtype (``auto``: bfloat16 where the
-    device computes it natively, about twice as fast as float32 on such CPUs; the norms are accumulated
-    in float32). The result's ``key`` is :func:`features_key` of these inputs.
+    folder or hub id (default: the offline all-MiniLM-L6-v2, see :func:`resolve_encoder`). A ``label``
+    column, when present, is carried along. ``dtype`` is the causal LM's compute dtype (``auto``:
+    bfloat16 where the device computes it natively, about twice as fast as float32 on such CPUs; the
+    norms are accumulated in float32). The result's ``key`` is :func:`features_key` of these inputs.
+
+    ``protocol="ours"`` (default): a fresh LoRA (``lora_rank``, ``lora_alpha``, ``seed``) on the last
+    layer's ``v_proj``, the loss over the completion tokens, prompt + completion embedded.
+    ``protocol="goracs"``: the release's features (:mod:`genrec_otcoreset._goracs_features`): the
+    trained LoRA ``adapter`` (peft folder or hub id) on ``model``, the loss over the whole Alpaca text,
+    LoRA dropout active (``dropout=False`` turns it off; record ``i``'s draws are seeded ``seed + i``),
+    the gradient of ``layers[layer].self_attn.v_proj.lora_B`` (default the last; the release's 31 of
+    32), embeddings from ``encoder`` (default ``FacebookAI/roberta-base``) of the release's texts;
+    ``load_in_8bit`` loads the model as the release does (bitsandbytes, CUDA only); ``dtype="auto"``
+    is float16 on CUDA, as the release loads it, float32 elsewhere.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OtCoresetError(f"batch_size must be an integer >= 1, got {batch_size!r}")
@@ -391,49 +463,112 @@ def compute_features(
         raise OtCoresetError(f"max_length must be >= 2, got {max_length!r}")
     if dtype not in _DTYPES:
         raise OtCoresetError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    _check_protocol(protocol, adapter, layer, dropout, load_in_8bit)
+    goracs = protocol == "goracs"
     df = _records_frame(records)  # bad input fails before the heavy imports
     key = features_key(
         df, model=model, encoder=encoder, max_length=max_length, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        seed=seed, dtype=dtype,
+        seed=seed, dtype=dtype, protocol=protocol, adapter=adapter, layer=layer, dropout=dropout,
+        load_in_8bit=load_in_8bit,
     )
+    from genrec_otcoreset._cost import resolve_device
+
+    dev = resolve_device(device)
+    if load_in_8bit and dev.type != "cuda":
+        raise OtCoresetError(f"load_in_8bit needs CUDA (bitsandbytes 8-bit matmuls); the device here is {dev.type}")
+    if goracs and encoder is None:
+        encoder = _goracs_encoder_name()
     # Both models are resolved (fetched, converted) before any work, so a bad name fails at once; the
     # encoder first, as it never needs a GGUF conversion.
     enc_model = resolve_encoder(encoder)
     lm_model = resolve_model(model)
+    adapter_path = _resolve_adapter(adapter) if goracs else None
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genrec_otcoreset._cost import resolve_device
+    if goracs and dtype == "auto":
+        import torch
 
-    dev = resolve_device(device)
-    lm_dtype = _lm_dtype(dtype, dev)
+        lm_dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    else:
+        lm_dtype = _lm_dtype(dtype, dev)
     prompts = df["prompt"].to_list()
     completions = df["completion"].to_list()
+    if goracs:
+        from genrec_otcoreset._goracs_features import goracs_texts
+
+        lm_texts, texts, prompt_chars = goracs_texts(df)
+    else:
+        texts = [f"{p}\n{c}" for p, c in zip(prompts, completions)]
     try:
         st_model = SentenceTransformer(str(enc_model.path), device=str(dev))
     except Exception as exc:  # not a sentence-transformers folder, bad config: all one message
         raise OtCoresetError(f"encoder {enc_model.name!r} could not be loaded: {exc}") from exc
-    texts = [f"{p}\n{c}" for p, c in zip(prompts, completions)]
+    # The release encodes with sentence-transformers' defaults (batch 32); ours batches wider on request.
     emb = st_model.encode(
-        texts, batch_size=max(batch_size, 32), convert_to_numpy=True, show_progress_bar=progress
+        texts, batch_size=32 if goracs else max(batch_size, 32), convert_to_numpy=True, show_progress_bar=progress
     ).astype(np.float32)
     del st_model
     tokenizer = AutoTokenizer.from_pretrained(str(lm_model.path))
-    lm: Any = AutoModelForCausalLM.from_pretrained(str(lm_model.path), dtype=lm_dtype)
-    lm = lm.to(dev)
-    norms = lora_b_grad_norms(
-        lm, tokenizer, prompts, completions, rank=lora_rank, alpha=lora_alpha, seed=seed,
-        batch_size=batch_size, max_length=max_length, progress=progress,
-    )
+    if goracs:
+        lm = _load_goracs_lm(lm_model.path, adapter_path, lm_dtype, dev, load_in_8bit)
+        from genrec_otcoreset._goracs_features import goracs_grad_norms
+
+        norms, el2n = goracs_grad_norms(
+            lm, tokenizer, lm_texts, layer=layer, dropout=dropout, seed=seed, max_length=max_length,
+            prompt_chars=prompt_chars, progress=progress,
+        )
+    else:
+        lm: Any = AutoModelForCausalLM.from_pretrained(str(lm_model.path), dtype=lm_dtype)
+        lm = lm.to(dev)
+        norms, el2n = lora_b_grad_norms(
+            lm, tokenizer, prompts, completions, rank=lora_rank, alpha=lora_alpha, seed=seed,
+            batch_size=batch_size, max_length=max_length, progress=progress, return_el2n=True,
+        )
     labels = df["label"].to_numpy() if "label" in df.columns else None
     return FeatureSet(
         record_ids=tuple(str(r) for r in df["record_id"].to_list()), embeddings=emb, grad_norms=norms,
-        labels=labels, encoder=enc_model.name, model=lm_model.name, key=key,
+        labels=labels, el2n=el2n, encoder=enc_model.name, model=lm_model.name, key=key,
     )
 
 
+def _resolve_adapter(adapter: str | os.PathLike[str] | None) -> str:
+    """A peft adapter folder as given, or a hub id (peft fetches it, honouring the HF cache and offline mode)."""
+    name = os.fspath(adapter).strip() if adapter is not None else ""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise OtCoresetError(f"adapter {name!r}: the folder has no adapter_config.json (not a peft adapter)")
+        return str(path)
+    if is_hub_id(name):
+        return name
+    raise ModelNotFoundError(f"adapter {name!r}: no such folder (and not a hub id like 'org/name')")
+
+
+def _load_goracs_lm(path: Path, adapter: str, dtype: Any, dev: Any, load_in_8bit: bool) -> Any:
+    """The base model with the adapter on top (peft), as the release loads it."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise OtCoresetError("protocol='goracs' needs peft (pip install peft)") from exc
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_8bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": str(dev)})
+    lm: Any = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if not load_in_8bit:
+        lm = lm.to(dev)
+    try:
+        return PeftModel.from_pretrained(lm, adapter, is_trainable=True)
+    except Exception as exc:  # a wrong folder or id, a base-model mismatch: one line
+        raise OtCoresetError(f"adapter {adapter!r} could not be loaded onto the model: {exc}") from exc
+
+
 def save_features(features: FeatureSet, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``embeddings.npy``, ``features.parquet`` (record_id, grad_norm[, label]) and ``meta.json``
+    """Write ``embeddings.npy``, ``features.parquet`` (record_id, grad_norm[, label][, el2n]) and ``meta.json``
     (``n``, ``dim``, the encoder and model names and the features ``key``), each file atomically."""
     import polars as pl
 
@@ -441,6 +576,8 @@ def save_features(features: FeatureSet, out_dir: str | os.PathLike[str]) -> Path
     cols: dict[str, Any] = {"record_id": list(features.record_ids), "grad_norm": features.grad_norms}
     if features.labels is not None:
         cols["label"] = features.labels
+    if features.el2n is not None:
+        cols["el2n"] = np.asarray(features.el2n, dtype=np.float64)
     embeddings = np.ascontiguousarray(features.embeddings, dtype=np.float32)
     # meta.json goes first and comes back last, so a write cut short leaves a folder without a key
     # (never an old key over new files) and features_match says no.
@@ -483,5 +620,6 @@ def load_features(path: str | os.PathLike[str]) -> FeatureSet:
         embeddings=emb.astype(np.float32, copy=False),
         grad_norms=table["grad_norm"].to_numpy().astype(np.float64),
         labels=table["label"].to_numpy() if "label" in table.columns else None,
+        el2n=table["el2n"].to_numpy().astype(np.float64) if "el2n" in table.columns else None,
         encoder=str(meta.get("encoder", "")), model=str(meta.get("model", "")), key=dict(meta.get("key") or {}),
     )

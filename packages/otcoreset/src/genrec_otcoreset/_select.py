@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from genrec_otcoreset._baselines import grand, kcenter, random_subset, stratified
+from genrec_otcoreset._baselines import ccs, d2_pruning, el2n, grand, kcenter, random_subset, stratified
 from genrec_otcoreset._cost import build_cost, exact_poo, resolve_device
 from genrec_otcoreset._errors import OtCoresetError
 
@@ -19,8 +19,8 @@ __all__ = ["METHODS", "SelectionResult", "label_shares", "select"]
 
 log = logging.getLogger(__name__)
 
-Method = Literal["itra", "goracs", "random", "grand", "kcenter", "stratified"]
-METHODS: tuple[str, ...] = ("itra", "goracs", "random", "grand", "kcenter", "stratified")
+Method = Literal["itra", "goracs", "random", "grand", "kcenter", "stratified", "el2n", "ccs", "d2"]
+METHODS: tuple[str, ...] = ("itra", "goracs", "random", "grand", "kcenter", "stratified", "el2n", "ccs", "d2")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,6 +165,7 @@ def _run_one(
     x: np.ndarray,
     g: np.ndarray,
     y: np.ndarray,
+    s: np.ndarray,
     *,
     budget: int,
     method: str,
@@ -177,8 +178,12 @@ def _run_one(
     screen: int,
     confirm: int,
     use_sinkhorn: bool,
+    strata: int,
+    ccs_cutoff: float,
+    d2_neighbors: int,
+    d2_gamma: float,
 ) -> tuple[np.ndarray, tuple[float, ...], int, int]:
-    """One unlabelled selection: indices, exact POO trace, swaps, exact solves."""
+    """One unlabelled selection: indices, exact POO trace, swaps, exact solves (``s``: difficulty)."""
     from genrec_otcoreset._itra import greedy_init, refine_swaps
 
     cost = build_cost(x, g, y, lam=lam, device=device)
@@ -195,6 +200,12 @@ def _run_one(
         idx = grand(g, budget)
     elif method == "kcenter":
         idx = kcenter(x, budget, seed=seed, device=str(device))
+    elif method == "el2n":
+        idx = el2n(s, budget)
+    elif method == "ccs":
+        idx = ccs(s, budget, seed=seed, strata=strata, cutoff=ccs_cutoff)
+    elif method == "d2":
+        idx = d2_pruning(x, s, budget, k=d2_neighbors, gamma=d2_gamma, device=str(device))
     else:
         idx = stratified(g, budget, seed=seed)
     return idx, (exact_poo(cost, idx),), 0, 1
@@ -219,6 +230,11 @@ def select(
     confirm: int = 4,
     use_sinkhorn: bool | None = None,
     exact_shortcuts: bool = True,
+    scores: Sequence[float] | np.ndarray | None = None,
+    strata: int = 50,
+    ccs_cutoff: float = 0.1,
+    d2_neighbors: int = 10,
+    d2_gamma: float = 1.0,
 ) -> SelectionResult:
     """Select ``budget`` training records whose distribution best matches the validation set.
 
@@ -242,6 +258,13 @@ def select(
       release's from-scratch EMD for every trial. ``screen``, ``confirm``, ``use_sinkhorn`` and
       ``seed`` do not apply.
     - ``"random"``, ``"grand"``, ``"kcenter"``, ``"stratified"``: baselines (``seed`` for all but grand).
+    - ``"el2n"``, ``"ccs"``, ``"d2"``: the baselines GORACS compares with, on a per-record difficulty
+      ``scores`` (the features' EL2N; default ``grad_norms``, a GraNd proxy). EL2N keeps the largest
+      scores; CCS prunes the ``ccs_cutoff`` hardest fraction and samples ``strata`` equal-width score
+      strata (``seed``); D2-Pruning passes messages over the ``d2_neighbors``-NN graph of the
+      embeddings and selects with reverse messages weighted ``exp(-d2_gamma * d)``.
+
+    ``seconds`` covers the selection and its exact POO (for every method).
 
     Raises :class:`OtCoresetError` on bad input, before any work.
     """
@@ -276,6 +299,20 @@ def select(
     if isinstance(max_swaps, bool) or not isinstance(max_swaps, int | np.integer) or max_swaps < 0:
         raise OtCoresetError(f"max_swaps must be an integer >= 0, got {max_swaps!r}")
     candidates, screen, confirm, max_swaps = int(candidates), int(screen), int(confirm), int(max_swaps)
+    sc = g if scores is None else np.asarray(scores, dtype=np.float64)
+    if sc.ndim != 1 or sc.shape[0] != n:
+        raise OtCoresetError(f"scores must be 1-D with one value per embedding row ({n}), got shape {sc.shape}")
+    if not np.isfinite(sc).all():
+        raise OtCoresetError(f"scores has NaN/inf at row {int(np.flatnonzero(~np.isfinite(sc))[0])}")
+    for name, val in (("strata", strata), ("d2_neighbors", d2_neighbors)):
+        if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 1:
+            raise OtCoresetError(f"{name} must be an integer >= 1, got {val!r}")
+    for name, val, hi in (("ccs_cutoff", ccs_cutoff, 1.0), ("d2_gamma", d2_gamma, math.inf)):
+        if isinstance(val, bool) or not isinstance(val, int | float | np.integer | np.floating) or not (
+            math.isfinite(val) and val >= 0 and val < hi
+        ):
+            upper = " and < 1" if hi == 1.0 else ""
+            raise OtCoresetError(f"{name} must be a finite number >= 0{upper}, got {val!r}")
     if not isinstance(exact_shortcuts, bool):
         raise OtCoresetError(f"exact_shortcuts must be True or False, got {exact_shortcuts!r}")
     dev = resolve_device(device)
@@ -283,7 +320,8 @@ def select(
         use_sinkhorn = dev.type == "cuda"
     common: dict[str, Any] = dict(
         method=method, lam=lam, candidates=candidates, max_swaps=max_swaps, seed=seed, device=dev,
-        progress=progress, screen=screen, confirm=confirm, use_sinkhorn=use_sinkhorn,
+        progress=progress, screen=screen, confirm=confirm, use_sinkhorn=use_sinkhorn, strata=int(strata),
+        ccs_cutoff=float(ccs_cutoff), d2_neighbors=int(d2_neighbors), d2_gamma=float(d2_gamma),
     )
     if (labels is None) != (val_labels is None):
         raise OtCoresetError("labels and val_labels must be given together (both or neither)")
@@ -302,7 +340,7 @@ def select(
         log.info("goracs selected %d of %d, exact POO %.6g", idx.size, n, poo)
         return result
     if labels is None:
-        idx, trace, swaps, solves = _run_one(x, g, y, budget=budget, **common)
+        idx, trace, swaps, solves = _run_one(x, g, y, sc, budget=budget, **common)
         result = SelectionResult(
             indices=idx, poo=trace[-1], trace=trace, seconds=time.perf_counter() - start,
             method=method, swaps=swaps, exact_solves=solves,
@@ -326,7 +364,7 @@ def select(
             continue
         rows = np.flatnonzero(lab == value)
         vrows = np.flatnonzero(vlab == value)
-        idx, trace, swaps, solves = _run_one(x[rows], g[rows], y[vrows], budget=share, **common)
+        idx, trace, swaps, solves = _run_one(x[rows], g[rows], y[vrows], sc[rows], budget=share, **common)
         weight = vrows.size / y.shape[0]
         parts.append(rows[idx])
         finals[value] = trace[-1]
