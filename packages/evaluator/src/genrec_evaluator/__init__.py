@@ -11,9 +11,20 @@ from genrec_evaluator._baselines import BaselineConfig, run_baselines
 from genrec_evaluator._ctr import CtrConfig, evaluate_ctr, read_ctr_records
 from genrec_evaluator._embed import Embedder, HashingEmbedder
 from genrec_evaluator._errors import EvaluatorError
+from genrec_evaluator._genup import (
+    GENUP_SCRIPT_DEFAULTS,
+    genup_activity_groups,
+    genup_answer,
+    genup_city,
+    genup_family,
+    genup_generation_settings,
+    genup_split_prompt,
+    genup_user_activity,
+    genup_value_groups,
+)
 from genrec_evaluator._io import load_checkins, read_records
 from genrec_evaluator._metrics import acc_at_k, auc, hr_at_k, mrr, ndcg_at_k, target_ranks
-from genrec_evaluator._nextpoi import NextPoiConfig, evaluate_next_poi
+from genrec_evaluator._nextpoi import GENREC_GENERATION, NextPoiConfig, evaluate_next_poi, generation_settings
 from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._report import compare_runs, plot_cross_city, write_cross_city, write_report
 from genrec_evaluator._result import EvaluationResult
@@ -25,6 +36,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "GENREC_GENERATION",
+    "GENUP_SCRIPT_DEFAULTS",
     "BaselineConfig",
     "CtrConfig",
     "Embedder",
@@ -43,6 +56,15 @@ __all__ = [
     "evaluate_ctr",
     "evaluate_next_poi",
     "evaluate_seqrec",
+    "generation_settings",
+    "genup_activity_groups",
+    "genup_answer",
+    "genup_city",
+    "genup_family",
+    "genup_generation_settings",
+    "genup_split_prompt",
+    "genup_user_activity",
+    "genup_value_groups",
     "hr_at_k",
     "load_checkins",
     "mrr",

@@ -1,4 +1,8 @@
-"""GenUP's analyses: user activity and trajectory length thirds, per-category accuracy, cross-city."""
+"""Analyses after GenUP's: user activity and trajectory length groups, per-category accuracy, cross-city.
+
+``protocol="genrec"`` (ours): equal thirds of the evaluated records' users and trajectories, ties broken
+by id. ``protocol="genup"``: GenUP's own rules (``_genup``), kept for reproducing its tables.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def _thirds(frame: pl.DataFrame, key: str, value: str, labels: Sequence[str], ou
     """Label rows of ``frame`` (one per ``key``) into three equal-sized groups by ascending ``value``.
 
     Ties are broken by ``key`` so that the split is deterministic and the groups have equal sizes (up to
-    one), as GenUP's thirds do.
+    one); GenUP's own rule (groups by value, so unequal under ties) is ``protocol="genup"``.
     """
     n = frame.height
     labelled = frame.sort([value, key]).with_row_index("_pos")
@@ -65,19 +69,69 @@ def trajectory_length_groups(records: pl.DataFrame) -> pl.DataFrame:
     return _thirds(lengths, "trajectory_id", "trajectory_length", LENGTH_GROUPS, "length_group")
 
 
-def add_groups(records: pl.DataFrame, train: pl.DataFrame | None) -> pl.DataFrame:
-    """``records`` with ``user_group`` (needs ``train``), ``length_group`` and ``answer_in_history``
-    (when the records carry histories or prompts) columns."""
-    out = records
+def genup_lengths(records: pl.DataFrame) -> pl.Series | None:
+    """Each record's trajectory length as GenUP's analysis counts it: visits in ``inputs`` (GenUP's
+    column), else the history the record carries (``history_poi_idx``), else ``n_checkins``."""
+    from genrec_evaluator._genup import genup_trajectory_length
+
+    if "inputs" in records.columns:
+        return pl.Series([genup_trajectory_length(t or "") for t in records["inputs"].to_list()], dtype=pl.Int64)
+    if "history_poi_idx" in records.columns and records["history_poi_idx"].list.len().sum() > 0:
+        return records["history_poi_idx"].list.len().cast(pl.Int64)
+    if "n_checkins" in records.columns:
+        return records["n_checkins"].cast(pl.Int64)
+    return None
+
+
+def train_user_sequence(train: pl.DataFrame | None, train_records: pl.DataFrame | None) -> list[str] | None:
+    """One user id per train trajectory, in order: the rows of the train records (GenUP counts rows of
+    its train split), else the distinct train trajectories of the check-ins."""
+    if train_records is not None and "user_id" in train_records.columns:
+        return train_records["user_id"].cast(pl.String).to_list()
     if train is not None and {"user_id", "trajectory_id"} <= set(train.columns):
-        groups = user_activity_groups(records, train)
-        out = out.with_columns(pl.col("user_id").cast(pl.String)).join(
-            groups, on="user_id", how="left", maintain_order="left"
-        )
-    if "trajectory_id" in records.columns:
-        out = out.with_columns(pl.col("trajectory_id").cast(pl.String)).join(
-            trajectory_length_groups(records), on="trajectory_id", how="left", maintain_order="left"
-        )
+        return train.select(pl.col("user_id").cast(pl.String), pl.col("trajectory_id").cast(pl.String)).unique(
+            maintain_order=True
+        )["user_id"].to_list()
+    return None
+
+
+def add_groups(
+    records: pl.DataFrame, train: pl.DataFrame | None, *, protocol: str = "genrec",
+    train_records: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """``records`` with ``user_group`` (needs ``train`` check-ins, or ``train_records`` under genup),
+    ``length_group`` and ``answer_in_history`` (when the records carry histories or prompts) columns.
+
+    ``protocol="genrec"``: thirds of the records' users and trajectories (:func:`user_activity_groups`,
+    :func:`trajectory_length_groups`). ``"genup"``: GenUP's rules: user thirds over every train user,
+    length groups by value over the records given (pass the whole split).
+    """
+    out = records
+    if protocol == "genup":
+        from genrec_evaluator._genup import genup_user_activity, genup_value_groups
+
+        users = train_user_sequence(train, train_records)
+        if users:
+            groups = genup_user_activity(users)
+            out = out.with_columns(pl.col("user_id").cast(pl.String)).join(
+                groups, on="user_id", how="left", maintain_order="left"
+            )
+        lengths = genup_lengths(records)
+        if lengths is not None:
+            out = out.with_columns(
+                lengths.alias("trajectory_length"),
+                pl.Series("length_group", genup_value_groups(lengths.to_list(), LENGTH_GROUPS), dtype=pl.String),
+            )
+    else:
+        if train is not None and {"user_id", "trajectory_id"} <= set(train.columns):
+            groups = user_activity_groups(records, train)
+            out = out.with_columns(pl.col("user_id").cast(pl.String)).join(
+                groups, on="user_id", how="left", maintain_order="left"
+            )
+        if "trajectory_id" in records.columns:
+            out = out.with_columns(pl.col("trajectory_id").cast(pl.String)).join(
+                trajectory_length_groups(records), on="trajectory_id", how="left", maintain_order="left"
+            )
     if "target_poi_idx" in out.columns:
         seen = answer_in_history(out)
         if seen is not None:

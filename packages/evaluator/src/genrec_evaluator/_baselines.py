@@ -41,7 +41,7 @@ class BaselineConfig:
         default=100, metadata={"help": "length of each ranked list (MRR is truncated at this rank)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the random baseline and of the bootstrap"})
-    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95 percent interval"})
     split_records: int | None = field(
         default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
     )

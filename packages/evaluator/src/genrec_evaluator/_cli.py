@@ -11,6 +11,7 @@ from typing import Any
 
 from genrec_core import add_config_args, config_from_args, run_main
 from genrec_evaluator import __version__
+from genrec_evaluator._errors import EvaluatorError
 
 PROG = "genrec-evaluator"
 MODEL_HELP = "HF model folder, .gguf file, hub id org/name[@revision], or alias smollm2"
@@ -55,9 +56,13 @@ def _add_model_commands(sub: Any) -> None:
     except ImportError:  # pragma: no cover - the module is part of the package
         return
     p = sub.add_parser("next-poi", help="evaluate a model on next-POI records, beside the baselines")
-    p.add_argument("--records", required=True, type=Path, help="next-POI records: a file or a folder")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--adapter", default=None, help="peft (LoRA) adapter folder")
+    p.add_argument(
+        "--records", required=True,
+        help="next-POI records: a file or a folder, or GenUP's SFT dataset (hub id such as "
+             "w11wo/FourSquare-NYC-POI, or a local copy)",
+    )
+    p.add_argument("--model", default=None, help=MODEL_HELP + " (default: the adapter's base model)")
+    p.add_argument("--adapter", default=None, help="peft (LoRA) adapter: a folder or a hub id org/name[@revision]")
     p.add_argument("--train", default=None, type=Path, help="prepared data folder: baselines and user groups")
     p.add_argument("--split", default="test", help="records split to evaluate (default: test)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -99,6 +104,30 @@ def _summary(result: Any, out: Path) -> None:
         print(f"  {sentence}")
 
 
+def read_next_poi_records(
+    spec: str | Path, *, split: str = "test", protocol: str = "genrec"
+) -> tuple[Any, Any]:
+    """(records of ``split``, the train split's records or ``None``) from a records file or folder, or
+    from GenUP's SFT dataset layout (``system_prompt``, ``inputs``, ``targets``, ``llama_prompt``: a hub
+    dataset id or a local copy), read by :func:`genrec_sftdata.read_genup_records`."""
+    from genrec_evaluator._io import read_records
+
+    path = Path(spec)
+    if path.exists():
+        try:
+            frame = read_records(path, split=split)
+        except EvaluatorError:
+            frame = None  # e.g. a hub snapshot folder (data/<split>-*.parquet): GenUP's layout
+        if frame is not None and "inputs" not in frame.columns:
+            return frame, None
+    from genrec_sftdata import read_genup_records
+
+    parts = read_genup_records(str(spec), protocol=protocol)  # type: ignore[arg-type]
+    if split not in parts:
+        raise EvaluatorError(f"{spec}: no {split!r} split in the GenUP dataset (found {sorted(parts)})")
+    return parts[split], parts.get("train")
+
+
 def _run(args: argparse.Namespace) -> int:
     from genrec_evaluator._io import load_checkins, read_records
     from genrec_evaluator._report import compare_runs, write_cross_city, write_report
@@ -114,9 +143,25 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "next-poi":
         from genrec_evaluator._nextpoi import NextPoiConfig, evaluate_next_poi
 
-        records = read_records(args.records, split=args.split)
+        config = config_from_args(NextPoiConfig, args)
+        records, train_records = read_next_poi_records(args.records, split=args.split, protocol=config.protocol)
+        if config.city is None and config.protocol == "genup":
+            from dataclasses import replace
+
+            from genrec_evaluator._genup import genup_city
+
+            config = replace(config, city=genup_city(args.eval_city) or genup_city(str(args.records)))
+        model = args.model
+        if model is None:
+            if args.adapter is None:
+                raise EvaluatorError("next-poi: pass --model, or --adapter to load the base model its config names")
+            from genrec_evaluator._models import adapter_base_model
+
+            model = adapter_base_model(args.adapter)
         train = load_checkins(args.train) if args.train is not None else None
-        result = evaluate_next_poi(records, model=args.model, adapter=args.adapter, train=train, config=config_from_args(NextPoiConfig, args))
+        result = evaluate_next_poi(
+            records, model=model, adapter=args.adapter, train=train, config=config, train_records=train_records
+        )
         result.meta.update({"train_city": args.train_city, "eval_city": args.eval_city, "records": str(args.records)})
         write_report(result, args.out)
         _summary(result, args.out)

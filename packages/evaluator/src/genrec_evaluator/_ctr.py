@@ -40,7 +40,7 @@ class CtrConfig:
     format: Literal["auto", "prompt", "messages"] = field(default="auto", metadata={"help": "prompt rendering"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
     seed: int = field(default=0, metadata={"help": "seed of the random baseline and of the bootstrap"})
-    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95 percent interval"})
     split_records: int | None = field(
         default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
     )

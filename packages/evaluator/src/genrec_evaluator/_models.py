@@ -52,6 +52,31 @@ def check_adapter(model: Any, adapter: Path) -> None:
                 )
 
 
+def resolve_adapter(adapter: str | Path) -> Path:
+    """A local folder for an adapter argument: a folder as it is, a hub id ``org/name[@revision]`` as
+    its snapshot (resolved like models, by :func:`genrec_core.models.resolve_model`)."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return path
+    from genrec_core.models import is_hub_id, resolve_model
+
+    if is_hub_id(str(adapter)):
+        return resolve_model(str(adapter)).path
+    raise FileNotFoundError(f"adapter not found: {adapter}")
+
+
+def adapter_base_model(adapter: str | Path) -> str:
+    """The base model an adapter was trained on (``base_model_name_or_path`` of its config), which
+    GenUP's evaluation loads when given only the adapter."""
+    config_path = resolve_adapter(adapter) / "adapter_config.json"
+    if not config_path.is_file():
+        raise EvaluatorError(f"adapter {adapter}: no adapter_config.json (not a peft adapter folder)")
+    base = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise EvaluatorError(f"adapter {adapter}: adapter_config.json names no base_model_name_or_path; pass --model")
+    return str(base)
+
+
 def load_model(
     spec: str | Path, *, adapter: str | Path | None = None, device: str = "cpu", dtype: str = "float32"
 ) -> tuple[Any, Any]:
@@ -69,9 +94,7 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     if adapter is not None:
-        adapter = Path(adapter)
-        if not adapter.is_dir():
-            raise FileNotFoundError(f"adapter not found: {adapter}")
+        adapter = resolve_adapter(adapter)
         check_adapter(model, adapter)
         from peft import PeftModel
 

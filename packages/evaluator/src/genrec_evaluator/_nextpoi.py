@@ -1,5 +1,6 @@
-"""Next-POI evaluation of a model: ranked (log-likelihood of every candidate id) or generate (GenUP's
-sampling, then parse the id), always beside the baselines."""
+"""Next-POI evaluation of a model: ranked (log-likelihood of every candidate id) or generate (sample,
+then parse the id), always beside the baselines; ``protocol="genup"`` evaluates as GenUP's
+``eval_next_poi.py`` does (its prompt text, decoding settings, answer parsing and analyses)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from genrec_evaluator._baselines import (
 )
 from genrec_evaluator._errors import EvaluatorError
 from genrec_evaluator._formats import record_inputs
+from genrec_evaluator._genup import genup_answer, genup_family, genup_generation_settings, genup_split_prompt
 from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._records import check_next_poi_records
 from genrec_evaluator._result import PREDICTION_SCHEMA, EvaluationResult
@@ -36,14 +38,36 @@ log = logging.getLogger(__name__)
 # (the terminator is whatever follows the id: "." or, in the llama2 format, ". </s>").
 _COMPLETION = re.compile(r"^(?P<prefix>.*POI id)(?P<sep>\s*)(?P<id>\d+)(?P<end>(?:\D.*)?)$", re.DOTALL)
 _GENERATED_ID = re.compile(r"^\s*(\d+)")
+#: genrec's own decoding defaults for generate mode (GenUP's are ``genup_generation_settings``).
+GENREC_GENERATION: dict[str, Any] = {
+    "temperature": 0.6, "top_k": 50, "top_p": 0.9, "typical_p": 1.0, "repetition_penalty": 1.0, "max_new_tokens": 8,
+}  # fmt: skip
+_DECODING = tuple(GENREC_GENERATION)
 
 
 @dataclass(frozen=True, kw_only=True)
 class NextPoiConfig:
     """How a model is evaluated on next-POI records."""
 
-    mode: Literal["ranked", "generate"] = field(
-        default="ranked", metadata={"help": "ranked: rank candidate ids by log-likelihood; generate: sample"}
+    protocol: Literal["genrec", "genup"] = field(
+        default="genrec",
+        metadata={"help": "genrec: ours; genup: GenUP's eval_next_poi.py (its llama_prompt text, decoding "
+                          "settings per model family and city, digits-only answers, its analyses)"},
+    )
+    mode: Literal["ranked", "generate"] | None = field(
+        default=None,
+        metadata={"help": "ranked: rank candidate ids by log-likelihood; generate: sample "
+                          "(default: ranked under genrec, generate under genup)"},
+    )
+    city: str | None = field(
+        default=None,
+        metadata={"help": "genup: the city evaluated on (nyc, tky, ca, moscow, sao_paulo), which picks "
+                          "GenUP's decoding settings for Llama-3.x"},
+    )
+    family: str | None = field(
+        default=None,
+        metadata={"help": "genup: model family for GenUP's decoding settings (llama2, llama3; default: "
+                          "read from the model or adapter name, or the model folder)"},
     )
     candidates: Literal["all", "popularity", "user_frequent", "markov"] = field(
         default="all", metadata={"help": "ranked mode: every POI id, or the top-N of a cheap retriever"}
@@ -56,14 +80,22 @@ class NextPoiConfig:
     batch_size: int = field(
         default=1024, metadata={"help": "ranked: candidate-trie tokens per forward pass (bounds memory)"}
     )
-    temperature: float = field(default=0.6, metadata={"help": "generate: sampling temperature (0 = greedy)"})
-    top_k: int = field(default=50, metadata={"help": "generate: top-k"})
-    top_p: float = field(default=0.9, metadata={"help": "generate: top-p"})
-    typical_p: float = field(default=1.0, metadata={"help": "generate: typical-p"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "generate: repetition penalty"})
-    max_new_tokens: int = field(default=8, metadata={"help": "generate: new tokens"})
+    temperature: float | None = field(
+        default=None, metadata={"help": "generate: sampling temperature, 0 = greedy (default: the protocol's; genrec 0.6)"}
+    )
+    top_k: int | None = field(default=None, metadata={"help": "generate: top-k (default: the protocol's; genrec 50)"})
+    top_p: float | None = field(default=None, metadata={"help": "generate: top-p (default: the protocol's; genrec 0.9)"})
+    typical_p: float | None = field(
+        default=None, metadata={"help": "generate: typical-p (default: the protocol's; genrec 1.0)"}
+    )
+    repetition_penalty: float | None = field(
+        default=None, metadata={"help": "generate: repetition penalty (default: the protocol's; genrec 1.0)"}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "generate: new tokens (default: the protocol's; genrec 8, genup 5)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of sampling, of the random baseline and of the bootstrap"})
-    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval (and permutation draws)"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95 percent interval (and permutation draws)"})
     split_records: int | None = field(
         default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
     )
@@ -75,13 +107,17 @@ class NextPoiConfig:
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        if self.mode not in ("ranked", "generate"):
+        if self.protocol not in ("genrec", "genup"):
+            raise EvaluatorError(f"protocol must be genrec or genup, got {self.protocol!r}")
+        if self.mode is not None and self.mode not in ("ranked", "generate"):
             raise EvaluatorError(f"mode must be ranked or generate, got {self.mode!r}")
+        if self.protocol == "genup" and self.mode == "ranked":
+            raise EvaluatorError("protocol genup generates (GenUP has no ranked mode); use mode generate or protocol genrec")
         if self.candidates not in ("all", "popularity", "user_frequent", "markov"):
             raise EvaluatorError(f"candidates must be all, popularity, user_frequent or markov, got {self.candidates!r}")
         Uncertainty(n_boot=self.n_boot)
         for name in ("top_n", "save_top", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EvaluatorError(f"config field {name} must be >= 1, got {getattr(self, name)}")
 
 
@@ -114,10 +150,70 @@ def _queries(records: pl.DataFrame) -> list[tuple[Query, str, str]]:
     return out
 
 
-def _history_train(records: pl.DataFrame) -> pl.DataFrame:
-    """Pseudo train check-ins from the records' own histories (when no train data is given)."""
+def genup_texts(records: pl.DataFrame) -> list[tuple[str, str]]:
+    """(prompt text, target digits) of each record as GenUP's ``eval_next_poi.py`` cuts its
+    ``llama_prompt`` (``<s>[INST] <<SYS>> ... [/INST] At ..., user 1 will visit POI id `` | ``123``); a
+    record without that column is cut the same way from its string prompt + completion."""
+    has_llama = "llama_prompt" in records.columns
+    cols = [c for c in ("llama_prompt", "prompt", "completion") if c in records.columns]
+    out = []
+    for rid, target, row in zip(
+        records["record_id"].to_list(), records["target_poi_idx"].to_list(), records.select(cols).iter_rows(named=True)
+    ):
+        if has_llama and isinstance(row.get("llama_prompt"), str):
+            text = row["llama_prompt"]
+        elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+            text = row["prompt"] + row["completion"]
+        else:
+            raise EvaluatorError(
+                f"record {rid!r}: protocol genup reads GenUP's llama_prompt, or a string prompt and completion "
+                f"(columns: {records.columns})"
+            )
+        cut = genup_split_prompt(text)
+        if cut is None:
+            raise EvaluatorError(f"record {rid!r}: no '<id>. </s>' answer to cut GenUP's prompt at: ...{text[-80:]!r}")
+        if cut[1] != str(target):
+            raise EvaluatorError(
+                f"record {rid!r}: the answer in the text ({cut[1]}) is not field target_poi_idx ({target})"
+            )
+        out.append(cut)
+    return out
+
+
+def generation_settings(config: NextPoiConfig, model: Any = None, adapter: Any = None) -> dict[str, Any]:
+    """The decoding settings a run uses: the protocol's (genrec's own, or GenUP's for the model family
+    and city, see :func:`genup_generation_settings`), with every field the config sets on top."""
+    if config.protocol == "genup":
+        family = config.family or next(
+            (f for f in (genup_family(m) for m in (model, adapter) if m is not None and not isinstance(m, Scorer)) if f),
+            None,
+        )
+        base = genup_generation_settings(family, config.city)
+    else:
+        base = dict(GENREC_GENERATION)
+    return {k: (getattr(config, k) if getattr(config, k) is not None else base[k]) for k in _DECODING}
+
+
+def resolve_config(config: NextPoiConfig, model: Any = None, adapter: Any = None) -> NextPoiConfig:
+    """``config`` with the protocol's defaults filled in (mode, decoding settings)."""
+    from dataclasses import replace
+
+    mode = config.mode or ("generate" if config.protocol == "genup" else "ranked")
+    settings = generation_settings(config, model, adapter) if mode == "generate" else {
+        k: (getattr(config, k) if getattr(config, k) is not None else GENREC_GENERATION[k]) for k in _DECODING
+    }
+    return replace(config, mode=mode, **settings)
+
+
+def _history_train(records: pl.DataFrame, *, with_target: bool = False) -> pl.DataFrame:
+    """Pseudo train check-ins from records' histories (when no train check-ins are given); the train
+    split's records add their targets as each trajectory's last check-in."""
+    pois = pl.col("history_poi_idx")
+    if with_target:
+        pois = pois.list.concat(pl.concat_list(pl.col("target_poi_idx").cast(pl.Int64)))
     return records.select(
-        "user_id", pl.col("record_id").alias("trajectory_id"), pl.col("history_poi_idx").alias("poi_idx")
+        pl.col("user_id").cast(pl.String), pl.col("record_id").cast(pl.String).alias("trajectory_id"),
+        pois.alias("poi_idx"),
     ).explode("poi_idx").drop_nulls("poi_idx")
 
 
@@ -126,7 +222,9 @@ def _model_predictions(
 ) -> pl.DataFrame:
     from tqdm.auto import tqdm
 
-    queries = _queries(records)
+    genup = config.protocol == "genup"
+    texts = genup_texts(records) if genup else None
+    queries = _queries(records) if not genup else None
     targets = records["target_poi_idx"].to_list()
     num_pois = records["num_pois"].to_list()
     ranked_out: list[list[int]] = []
@@ -135,7 +233,22 @@ def _model_predictions(
     ranks = np.full(records.height, np.inf)
     rows = tqdm(range(records.height), disable=not config.progress, desc=f"next-POI ({config.mode})")
     for i in rows:
-        query, sep, end = queries[i]
+        if texts is not None:
+            text, answer = texts[i]
+            generate = getattr(scorer, "generate_genup", None)
+            said = generate(text, seed=config.seed + i) if generate is not None else scorer.generate(
+                Query(prompt=text, completion_prefix=""), seed=config.seed + i
+            )
+            digits = genup_answer(said)
+            # GenUP compares digit strings; a valid id is also one we can list (canonical, in range).
+            ok = digits == str(int(digits)) and int(digits) < num_pois[i] if digits and len(digits) < 19 else False
+            generated.append(said)
+            valid.append(ok)
+            ranked_out.append([int(digits)] if ok else [])
+            if digits == answer:
+                ranks[i] = 1
+            continue
+        query, sep, end = queries[i]  # type: ignore[index]
         if config.mode == "ranked":
             cands = np.asarray(candidate_lists[i] if candidate_lists is not None else range(num_pois[i]), dtype=np.int64)
             scores = scorer.score(query, [f"{sep}{c}{end}" for c in cands])
@@ -174,31 +287,48 @@ def evaluate_next_poi(
     mode: Literal["ranked", "generate"] | None = None,
     train: pl.DataFrame | None = None,
     config: NextPoiConfig | None = None,
+    train_records: pl.DataFrame | None = None,
 ) -> EvaluationResult:
     """Evaluate a model on next-POI ``records`` and report it beside the baselines.
 
     ``model`` is an HF folder, a ``.gguf`` file, the alias ``smollm2``, or any :class:`Scorer`.
     ``train`` is the prepared check-ins table: it fits the baselines and the user-activity groups;
-    without it the baselines are fitted on the records' own histories (and said so in ``meta``).
-    ``mode`` overrides ``config.mode``.
+    without it the baselines are fitted on the train split's records (``train_records``: histories and
+    targets) or else on the evaluated records' own histories (and said so in ``meta``).
+    ``mode`` overrides ``config.mode``. Under ``config.protocol == "genup"`` the user-activity groups
+    count each user's rows of ``train_records`` (GenUP's train split) when given, else their train
+    trajectories in ``train``; the length groups are formed over the whole split before ``limit``.
     """
     config = config or NextPoiConfig()
     if mode is not None and mode != config.mode:
         from dataclasses import replace
 
         config = replace(config, mode=mode)
+    config = resolve_config(config, model, adapter)
     start = time.perf_counter()
     train_rows = _train_only(train) if train is not None else None
     num_pois = int(train_rows["poi_idx"].max()) + 1 if train_rows is not None else None  # type: ignore[arg-type]
     checked = check_next_poi_records(records, num_pois=num_pois)
     split_records = config.split_records if config.split_records is not None else checked.height
     how = None
+    genup = config.protocol == "genup"
+    if genup:
+        # GenUP's length thresholds are over its whole test split, whatever part of it is scored.
+        checked = add_groups(checked, train_rows, protocol="genup", train_records=train_records)
     if config.limit is not None and config.limit < checked.height:
         how = f"the first {config.limit} (limit)"
         checked = checked.head(config.limit)
-    fit = train_rows if train_rows is not None else _history_train(checked)
-    grouped = add_groups(checked, train_rows)
-    _queries(grouped)  # fail on malformed completions before loading a model
+    if train_rows is not None:
+        fit, fitted_on = train_rows, "train check-ins"
+    elif train_records is not None:
+        fit, fitted_on = _history_train(train_records, with_target=True), "train records (histories and targets)"
+    else:
+        fit, fitted_on = _history_train(checked), "record histories (no train data)"
+    grouped = checked if genup else add_groups(checked, train_rows)
+    if genup:  # fail on records GenUP's cut cannot read before loading a model
+        genup_texts(grouped)
+    else:
+        _queries(grouped)  # fail on malformed completions before loading a model
 
     scorer: Any
     if isinstance(model, Scorer):
@@ -213,10 +343,7 @@ def evaluate_next_poi(
 
             torch.set_num_threads(config.threads)
         hf_model, tokenizer = load_model(model, adapter=adapter, device=config.device, dtype=config.dtype)
-        params = GenerationParams(
-            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, typical_p=config.typical_p,
-            repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
-        )
+        params = GenerationParams(**{k: getattr(config, k) for k in _DECODING})
         scorer = HFScorer(hf_model, tokenizer, fmt=config.format, max_nodes=config.batch_size, generation=params)
         model_name = str(model)
 
@@ -231,6 +358,9 @@ def evaluate_next_poi(
     u = Uncertainty(n_boot=config.n_boot, seed=config.seed)
     metrics = next_poi_metrics(grouped, predictions, names, u)
     protocol = next_poi_protocol(grouped, metrics, u, split_records=split_records, how=how, model="model")
+    protocol["name"] = config.protocol
+    if config.mode == "generate":
+        protocol["generation"] = {k: getattr(config, k) for k in _DECODING}
     seconds = time.perf_counter() - start
     log.info("next-POI %s evaluation of %d records in %.1fs", config.mode, grouped.height, seconds)
     meta: dict[str, Any] = {
@@ -238,7 +368,7 @@ def evaluate_next_poi(
         "adapter": str(adapter) if adapter is not None else None,
         "mode": config.mode,
         "candidates": config.candidates if config.mode == "ranked" else None,
-        "baselines_fitted_on": "train check-ins" if train_rows is not None else "record histories (no train data)",
+        "baselines_fitted_on": fitted_on,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
         "protocol": protocol,
     }

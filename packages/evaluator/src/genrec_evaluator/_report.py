@@ -216,6 +216,15 @@ def _with_ci(m: Mapping[str, Any], key: str) -> str:
 def _protocol_lines(result: EvaluationResult) -> list[str]:
     p = result.meta.get("protocol") or {}
     lines = []
+    if p.get("name") == "genup":
+        lines.append(
+            "- Protocol genup: GenUP's eval_next_poi.py (its llama_prompt cut before the answer, digits-only "
+            "answers compared as strings) and its analyses (user thirds over every train user, length groups "
+            "by value)."
+        )
+    if p.get("generation"):
+        g = p["generation"]
+        lines.append("- Decoding: " + ", ".join(f"{k} {v}" for k, v in g.items()) + f" (seed {result.meta.get('config', {}).get('seed', 0)} + record index).")
     if "scored" in p:
         lines.append(f"- Scored: {p['scored']}.")
     u = p.get("uncertainty")

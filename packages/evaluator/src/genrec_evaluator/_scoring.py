@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationParams:
-    """GenUP's sampling parameters, plus a seed so that runs repeat."""
+    """Sampling parameters of generate mode. The defaults are genrec's own (not GenUP's: those are
+    :func:`genrec_evaluator.genup_generation_settings`); the seed comes with each call."""
 
     temperature: float = field(default=0.6, metadata={"help": "sampling temperature (0 = greedy)"})
     top_k: int = field(default=50, metadata={"help": "top-k sampling"})
@@ -361,6 +362,35 @@ class HFScorer:
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=inputs, attention_mask=torch.ones_like(inputs), pad_token_id=pad, **kwargs
+            )
+        return str(self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
+
+    def genup_input_ids(self, text: str) -> list[int]:
+        """``text`` tokenized in one piece as GenUP's ``eval_next_poi.py`` does: its ``llama_prompt``
+        starts with ``<s>``, and GenUP switches the tokenizer's own BOS off where it has one to switch
+        (Llama-2), so a text that starts with the tokenizer's BOS gets no second one; any other text
+        (Llama-3, whose BOS is ``<|begin_of_text|>``) gets the tokenizer's usual special tokens."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return self._encode(text, special=not (bos and text.startswith(bos)))
+
+    def generate_genup(self, text: str, *, seed: int) -> str:
+        """GenUP's generation: sample after ``text`` (the prompt up to ``"POI id "``) with
+        :class:`GenerationParams` (always sampling, every penalty passed as given), stopping at the
+        tokenizer's EOS, which also pads; the new tokens decoded without special tokens. GenUP sets no
+        seed; we seed each call so that runs repeat."""
+        import torch
+
+        p = self.generation
+        ids = self.genup_input_ids(text)
+        inputs = torch.tensor([ids], device=self.device)
+        eos = self.tokenizer.eos_token_id
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True, use_cache=True,
+                max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
+                typical_p=p.typical_p, repetition_penalty=p.repetition_penalty, eos_token_id=eos,
+                pad_token_id=eos, num_return_sequences=1,
             )
         return str(self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True))
 

@@ -39,7 +39,7 @@ class SeqRecConfig:
     save_top: int = field(default=20, metadata={"help": "items kept in each saved ranked list"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
     seed: int = field(default=0, metadata={"help": "generation seed and bootstrap seed"})
-    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95% interval (and permutation draws)"})
+    n_boot: int = field(default=DEFAULT_N_BOOT, metadata={"help": "bootstrap resamples per 95 percent interval (and permutation draws)"})
     split_records: int | None = field(
         default=None, metadata={"help": "records in the whole split, when those given are a sample of it (reported)"}
     )
