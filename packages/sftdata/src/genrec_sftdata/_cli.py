@@ -72,6 +72,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--write-format", choices=["parquet", "jsonl", "hf"], default="parquet")
 
+    from genrec_sftdata._amazon import GoracsConfig
+
+    p = sub.add_parser("fetch", help="download a public data set into the cache (resumable, checksummed)")
+    p.add_argument("name", nargs="?", help="data set name (--list shows them)")
+    p.add_argument("--list", action="store_true", help="list the data sets and their sources")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default: $GENREC_CACHE/datasets)")
+    p.add_argument("--base-url", default=None,
+                   help="mirror: fetch every file from BASE/NAME/FILE (default: $GENREC_DATA_MIRROR, else upstream)")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.add_argument("--verify", action="store_true", help="only check the cached files against their checksums")
+    p.add_argument("--prepare", type=Path, default=None, metavar="OUT",
+                   help="then read it with its reader and write genrec tables / records to OUT")
+
+    p = sub.add_parser("goracs", help="GORACS's SeqRec / CTR records from Amazon 5-core reviews + metadata")
+    p.add_argument("--reviews", type=Path, required=True, help="5-core reviews (Video_Games_5.json[.gz])")
+    p.add_argument("--meta", type=Path, required=True, help="metadata (meta_Video_Games.json[.gz])")
+    p.add_argument("--task", choices=["seqrec", "ctr", "both"], default="both")
+    p.add_argument("--out", type=Path, required=True, help="output folder (OUT/seqrec, OUT/ctr with --task both)")
+    p.add_argument("--write-format", choices=["parquet", "jsonl", "hf"], default="parquet")
+    add_config_args(p, GoracsConfig)
+
+    p = sub.add_parser("recbole", help="convert between RecBole atomic files and genrec tables")
+    p.add_argument("--to", choices=["recbole", "genrec"], required=True,
+                   help="recbole: --interactions/--items tables -> OUT/NAME.inter/.item; genrec: --input -> OUT/*.parquet")
+    p.add_argument("--interactions", type=Path, default=None, help="interactions table (parquet/csv/jsonl)")
+    p.add_argument("--items", type=Path, default=None, help="items table (parquet/csv/jsonl)")
+    p.add_argument("--input", type=Path, default=None, help="RecBole folder, NAME prefix or atomic file")
+    p.add_argument("--movielens", type=Path, default=None, help="read interactions and items from MovieLens files")
+    p.add_argument("--name", default="genrec", help="RecBole dataset name (file stem)")
+    p.add_argument("--out", type=Path, required=True)
+
     p = sub.add_parser("stats", help="print the table of counts of a prepared folder")
     p.add_argument("dir", type=Path)
     return parser
@@ -151,6 +182,24 @@ def _run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k}={v.height}" for k, v in records.items())
         print(f"wrote GenUP next_poi records ({args.protocol}) to {args.out} ({args.write_format}): {counts}")
         return 0
+    if args.command == "fetch":
+        return _fetch_cmd(args)
+    if args.command == "goracs":
+        from genrec_sftdata._amazon import GoracsConfig
+
+        cfg = config_from_args(GoracsConfig, args)
+        tasks = ("seqrec", "ctr") if args.task == "both" else (args.task,)
+        reviews = g.read_amazon_reviews(args.reviews)
+        meta = g.read_amazon_meta(args.meta, goracs_regex=cfg.domain if cfg.published_titles else None)
+        for task in tasks:
+            recs = g.build_goracs(reviews, meta, task=task, config=cfg)
+            dest = args.out / task if len(tasks) > 1 else args.out
+            g.write_records(recs, dest, format=args.write_format)
+            counts = ", ".join(f"{k}={v.height}" for k, v in recs.items())
+            print(f"wrote GORACS {cfg.domain} {task} records to {dest}: {counts}")
+        return 0
+    if args.command == "recbole":
+        return _recbole_cmd(args)
     if args.command == "stats":
         stats_file = args.dir / "stats.json"
         if stats_file.is_file():
@@ -162,6 +211,64 @@ def _run(args: argparse.Namespace) -> int:
         print(_stats_table(stats))
         return 0
     raise SftDataError(f"unknown command {args.command!r}")  # pragma: no cover - argparse guards it
+
+
+def _fetch_cmd(args: argparse.Namespace) -> int:
+    from genrec_sftdata._fetch import list_datasets, verify
+
+    if args.list or args.name is None:
+        for src in list_datasets():
+            where = (src.hub_id and f"hub:{src.hub_id}") or " ".join(src.urls)
+            print(f"{src.name:<28} {src.description}\n{'':<28} {where}")
+        return 0
+    if args.verify:
+        folder = verify(args.name, cache=args.cache)
+        print(f"{args.name}: cached files in {folder} match their recorded checksums")
+        return 0
+    import genrec_sftdata as g
+
+    if args.prepare is not None:
+        out = g.prepare_fetched(args.name, args.prepare, cache=args.cache, base_url=args.base_url)
+        print(f"fetched {args.name} and wrote {out}")
+        return 0
+    folder = g.fetch(args.name, cache=args.cache, base_url=args.base_url, force=args.force, progress=True)
+    print(folder)
+    return 0
+
+
+def _recbole_cmd(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    import genrec_sftdata as g
+    from genrec_sftdata._seqrec import _frame
+
+    if args.to == "recbole":
+        if args.movielens is not None:
+            inter, items = g.read_movielens(args.movielens)
+        elif args.interactions is not None:
+            inter = _frame(args.interactions, "interactions")
+            items = _frame(args.items, "items") if args.items is not None else None
+        else:
+            raise SftDataError("recbole --to recbole needs --interactions [--items] or --movielens")
+        g.write_recbole(args.out, args.name, inter=inter, item=items)
+        print(f"wrote {args.out}/{args.name}.inter" + (" and .item" if items is not None else ""))
+        return 0
+    if args.input is None:
+        raise SftDataError("recbole --to genrec needs --input (a RecBole folder, NAME prefix or atomic file)")
+    tables = g.read_recbole(args.input)
+    names = {"inter": "interactions", "item": "items", "user": "users"}
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        for kind, frame in tables.items():
+            frame.write_parquet(tmp / f"{names.get(kind, kind)}.parquet")
+
+    from genrec_core import atomic_write_dir
+
+    atomic_write_dir(args.out, write)
+    print(f"wrote {', '.join(names.get(k, k) + '.parquet' for k in tables)} to {args.out}")
+    del pl
+    return 0
 
 
 def _build_other(args: argparse.Namespace) -> dict[str, Any]:

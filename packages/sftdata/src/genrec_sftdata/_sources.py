@@ -1,0 +1,127 @@
+"""``fetch NAME --prepare OUT``: a fetched data set read with its own reader and written as genrec tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from genrec_core import atomic_write_dir, atomic_write_json
+from genrec_sftdata._errors import SftDataError
+from genrec_sftdata._fetch import SOURCES, extracted, fetch
+
+logger = logging.getLogger(__name__)
+
+
+def _tables(out: Path, tables: dict[str, pl.DataFrame], meta: dict[str, Any]) -> None:
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        for name, frame in tables.items():
+            frame.write_parquet(tmp / f"{name}.parquet")
+        (tmp / "source.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    atomic_write_dir(out, write)
+
+
+def _llm4poi_splits(folder: Path, city: str) -> dict[str, Path]:
+    """LLM4POI's ``<city>/<city>_{train,val,test}.csv`` files (any layout holding the city's name)."""
+    found: dict[str, Path] = {}
+    for f in sorted(folder.rglob("*")):
+        if f.suffix not in (".csv", ".parquet") or city not in f.as_posix().lower():
+            continue
+        m = re.search(r"(train|val|valid|validation|test)", f.stem.lower())
+        if m:
+            split = {"valid": "val", "validation": "val"}.get(m.group(1), m.group(1))
+            found.setdefault(split, f)
+    if "train" not in found or "test" not in found:
+        raise SftDataError(
+            f"{folder}: no {city} train/test check-in files found (expected names like {city.upper()}_train.csv); "
+            f"files: {[p.relative_to(folder).as_posix() for p in sorted(folder.rglob('*')) if p.is_file()][:20]}"
+        )
+    return found
+
+
+def prepare_fetched(
+    name: str,
+    out: str | os.PathLike[str],
+    *,
+    cache: str | os.PathLike[str] | None = None,
+    base_url: str | None = None,
+    **options: Any,
+) -> Path:
+    """Fetch ``name`` (see :func:`fetch`) and write it, read with its own reader, to ``out``.
+
+    Check-in sets (TSMC2014, Gowalla, LLM4POI) become a prepared folder (``prepare``'s rules, its
+    ``PrepareConfig`` fields as ``options``); MovieLens and Book-Crossing become ``interactions.parquet``
+    and ``items.parquet``; an Amazon domain becomes those two tables plus GORACS's SeqRec and CTR
+    records (``seqrec/``, ``ctr/``; ``GoracsConfig`` fields as ``options``); GenUP's hub sets become
+    next-POI SFT records. ``out`` is written as one set.
+    """
+    source = SOURCES.get(name)
+    if source is None:
+        fetch(name)  # raises the unknown-name error with the list
+        raise AssertionError  # pragma: no cover
+    folder = fetch(name, cache=cache, base_url=base_url)
+    out = Path(out)
+    info = {"dataset": name, "urls": list(source.urls), "hub_id": source.hub_id, "options": options}
+    kind = source.kind
+    if kind in ("movielens-100k", "movielens-1m", "bookcrossing"):
+        from genrec_sftdata._recsys import read_bookcrossing, read_movielens
+
+        archive = folder / source.files[0]
+        inter, items = read_bookcrossing(archive) if kind == "bookcrossing" else read_movielens(archive)
+        _tables(out, {"interactions": inter, "items": items}, info)
+        logger.info("prepared %s: %d interactions, %d items", name, inter.height, items.height)
+        return out
+    if kind in ("tsmc", "gowalla", "llm4poi"):
+        from genrec_sftdata._prepare import PrepareConfig, prepare
+        from genrec_sftdata._readers import read_checkins
+
+        cfg = PrepareConfig(**options)
+        if kind == "llm4poi":
+            splits = _llm4poi_splits(folder, source.options["city"])
+            data: Any = {s: read_checkins(p, format="getnext") for s, p in splits.items()}
+        else:
+            member = source.options.get("member") or source.files[0].removesuffix(".gz")
+            raw = extracted(folder / source.files[0], member)
+            data = read_checkins(raw, format=kind)
+        prepared = prepare(data, out=out, config=cfg)
+        atomic_write_json(out / "source.json", info)
+        logger.info("prepared %s: %s", name, prepared.stats.get("splits", {}).get("all", {}))
+        return out
+    if kind == "amazon":
+        from genrec_sftdata._amazon import GoracsConfig, build_goracs, read_amazon_meta, read_amazon_reviews
+        from genrec_sftdata._writers import write_records
+
+        cfg = GoracsConfig(domain=source.options["domain"], **options)
+        reviews_file, meta_file = (folder / f for f in source.files)
+        reviews = read_amazon_reviews(reviews_file)
+        meta = read_amazon_meta(meta_file, goracs_regex=cfg.domain if cfg.published_titles else None)
+        records = {task: build_goracs(reviews, meta, task=task, config=cfg) for task in ("seqrec", "ctr")}
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            reviews.write_parquet(tmp / "interactions.parquet")
+            meta.write_parquet(tmp / "items.parquet")
+            for task, recs in records.items():
+                write_records(recs, tmp / task)
+            (tmp / "source.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+        atomic_write_dir(out, write)
+        return out
+    if kind == "genup":
+        from genrec_sftdata._genup import read_genup_records
+        from genrec_sftdata._writers import write_records
+
+        records = read_genup_records(folder, protocol=options.get("protocol", "genrec"))
+        write_records(records, out)
+        return out
+    raise SftDataError(
+        f"fetch {name} --prepare: no reader for this hub data set's layout yet; its snapshot is at {folder} "
+        "(read it with `datasets.load_from_disk`/`load_dataset` or `genrec-sftdata prepare --format hf`)"
+    )
