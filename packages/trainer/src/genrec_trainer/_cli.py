@@ -52,9 +52,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{name}\t{recipe_path(name)}")
         return 0
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "recipe", "debug")}
-    if "target_modules" in overrides:
-        # Both `--target-modules q_proj k_proj` and the older `--target-modules q_proj,k_proj`.
-        overrides["target_modules"] = [m for v in overrides["target_modules"] for m in v.split(",") if m]
+    for name in ("target_modules", "report_to"):
+        if name in overrides:
+            # Both `--target-modules q_proj k_proj` and the older `--target-modules q_proj,k_proj`.
+            overrides[name] = [m for v in overrides[name] for m in v.split(",") if m]
     path = recipe_path(args.recipe) if args.recipe else args.config
     config = load_config(path, **overrides)
     from genrec_trainer._train import train

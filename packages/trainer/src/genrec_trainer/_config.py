@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from genrec_trainer._errors import TrainerError
+from genrec_trainer._trackers import TRACKERS
 
 Quantization = Literal["none", "nf4", "int8"]
 Mode = Literal["lora", "full"]
@@ -193,6 +194,33 @@ class TrainConfig:
         metadata={"help": "also save the base model with the adapter merged into `output`/merged"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    # experiment trackers (rank 0 reports; each needs the genrec-trainer extra of its name)
+    report_to: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "experiment trackers that get the log's scalars, the config and the final summary: "
+            "any of tensorboard, wandb, mlflow, trackio"
+        },
+    )
+    logging_dir: str = field(
+        default="", metadata={"help": "TensorBoard event folder; empty: `output`/runs"}
+    )
+    tracking_uri: str = field(
+        default="",
+        metadata={
+            "help": "MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else a file store in `output`/mlruns"
+        },
+    )
+    project: str = field(
+        default="",
+        metadata={
+            "help": "MLflow experiment, W&B or Trackio project; empty: $MLFLOW_EXPERIMENT_NAME, "
+            "$WANDB_PROJECT or $TRACKIO_PROJECT, else 'genrec'"
+        },
+    )
+    run_name: str = field(
+        default="", metadata={"help": "the run's name in the trackers; empty: the output folder's name"}
+    )
 
     def __post_init__(self) -> None:
         # Everything that can be judged without data or a model is judged here, so that a bad value
@@ -241,6 +269,13 @@ class TrainConfig:
             raise TrainerError("config field 'text_column' is empty: give the column format 'text' reads")
         if not self.output.strip():
             raise TrainerError("config field 'output' is empty: give the folder to write the run into")
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise TrainerError(
+                f"config field 'report_to' names an unknown tracker {unknown[0]!r}; choose from {', '.join(TRACKERS)}"
+            )
+        if len(set(self.report_to)) != len(self.report_to):
+            raise TrainerError(f"config field 'report_to' names a tracker twice: {list(self.report_to)!r}")
         if not self.target_modules and self.mode == "lora":
             raise TrainerError("config field 'target_modules' is empty: LoRA needs at least one module")
         blank = [m for m in self.target_modules if not m.strip()]

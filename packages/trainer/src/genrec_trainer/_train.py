@@ -29,6 +29,8 @@ from genrec_trainer._config import TrainConfig
 from genrec_trainer._data import IGNORE_INDEX, Example, collate, pack, read_records, tokenize_records
 from genrec_trainer._errors import TrainerError
 from genrec_trainer._model import load_model, load_tokenizer, resolve_model
+from genrec_trainer._runinfo import run_metadata
+from genrec_trainer._trackers import Reporter, Where, tracker_params
 
 if TYPE_CHECKING:
     import torch
@@ -247,9 +249,12 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 class _Log:
-    def __init__(self, path: Path, enabled: bool) -> None:
+    """The JSONL log; every record it writes also goes to the trackers of ``report_to``."""
+
+    def __init__(self, path: Path, enabled: bool, reporter: Reporter) -> None:
         self.path = path
         self.enabled = enabled
+        self.reporter = reporter
 
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
@@ -265,6 +270,7 @@ class _Log:
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+            self.reporter.log(record)
 
 
 def _trainable_names(model: torch.nn.Module) -> list[str]:
@@ -380,9 +386,13 @@ def train(config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     if not config.train:
         raise TrainerError("config field 'train' is empty: give the SFT records to train on")
+    reporter = Reporter(config.report_to)
     dist_info, device = _setup_distributed(config)
     try:
-        return _train(config, dist_info, device, started)
+        return _train(config, dist_info, device, started, reporter)
+    except BaseException:
+        reporter.finish({}, failed=True)
+        raise
     finally:
         if dist_info.active:
             import torch.distributed as dist
@@ -391,7 +401,9 @@ def train(config: TrainConfig) -> TrainResult:
                 dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started: float) -> TrainResult:
+def _train(
+    config: TrainConfig, dist_info: _Dist, device: torch.device, started: float, reporter: Reporter
+) -> TrainResult:
     import torch
 
     _check_supported(config, dist_info, device)
@@ -452,6 +464,28 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     steps_per_epoch = math.ceil(len(examples) / per_step)
     total_steps = config.max_steps if config.max_steps > 0 else config.epochs * steps_per_epoch
 
+    config_record = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    found = _checkpoints(output) if config.resume else []
+    if dist_info.main:
+        # After the data checks (a bad record should not leave an empty run in a tracker), before the
+        # model loads (a bad tracking URI should fail in seconds, not after a download).
+        metadata = {
+            **run_metadata(),
+            "world_size": world,
+            "device": str(device),
+            "resumed_from": found[-1][0] if found else 0,
+        }
+        atomic_write_json(output / "run.json", metadata)
+        where = Where(
+            output=output,
+            run_name=config.run_name or output.resolve().name,
+            project=config.project,
+            logging_dir=config.logging_dir,
+            tracking_uri=config.tracking_uri,
+            start_step=found[-1][0] if found else 0,
+        )
+        reporter.start(where, tracker_params(config_record), metadata)
+
     torch.manual_seed(config.seed)
     model = load_model(model_path, config, device=device, distributed=dist_info.active)
     if dist_info.main:
@@ -468,13 +502,11 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
 
-    log = _Log(output / "log.jsonl", dist_info.main)
+    log = _Log(output / "log.jsonl", dist_info.main, reporter)
     losses: list[float] = []
     eval_losses: list[tuple[int, float]] = []
     tokens = target_tokens = 0
     start_step = 0
-    config_record = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-    found = _checkpoints(output) if config.resume else []
     if found:
         start_step, ckpt = found[-1]
         try:
@@ -691,6 +723,12 @@ def _train(config: TrainConfig, dist_info: _Dist, device: torch.device, started:
     if dist_info.main:
         summary = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
         atomic_write_json(output / "result.json", summary)
+        final = {
+            k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if eval_losses:
+            final["eval_loss"] = eval_losses[-1][1]
+        reporter.finish(final)
     return result
 
 
