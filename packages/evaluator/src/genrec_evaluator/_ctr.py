@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from genrec_evaluator._formats import record_inputs
 from genrec_evaluator._io import read_records
 from genrec_evaluator._metrics import auc
 from genrec_evaluator._protocols import Scorer
+from genrec_evaluator._published import alpaca_prompt, answer_token_id, tallrec_p_yes
 from genrec_evaluator._result import EvaluationResult
 from genrec_evaluator._stats import (
     DEFAULT_N_BOOT,
@@ -35,8 +37,16 @@ log = logging.getLogger(__name__)
 class CtrConfig:
     """How P(Yes) is read from the model."""
 
+    protocol: Literal["genrec", "tallrec", "goracs"] = field(
+        default="genrec",
+        metadata={"help": "genrec (ours: softmax of the two logits); tallrec / goracs: TALLRec's evaluate.py "
+                          "(its Alpaca prompt, softmax over the vocabulary, then over the two probabilities)"},
+    )
     yes: str = field(default="Yes", metadata={"help": "the positive answer word"})
     no: str = field(default="No", metadata={"help": "the negative answer word"})
+    yes_id: int | None = field(default=None, metadata={"help": "token id of the positive answer (tallrec: default the "
+                                                              "first token of --yes after the prompt; TALLRec's LLaMA id is 8241)"})
+    no_id: int | None = field(default=None, metadata={"help": "token id of the negative answer (TALLRec's LLaMA id is 3782)"})
     format: Literal["auto", "prompt", "messages"] = field(default="auto", metadata={"help": "prompt rendering"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N records"})
     seed: int = field(default=0, metadata={"help": "seed of the random baseline and of the bootstrap"})
@@ -50,6 +60,8 @@ class CtrConfig:
 
     def __post_init__(self) -> None:
         Uncertainty(n_boot=self.n_boot)
+        if self.protocol not in ("genrec", "tallrec", "goracs"):
+            raise EvaluatorError(f"protocol must be genrec, tallrec or goracs, got {self.protocol!r}")
 
 
 def ctr_metrics(labels: np.ndarray, scores: dict[str, np.ndarray], u: Uncertainty, *, model: str = "model") -> dict[str, dict[str, Any]]:
@@ -121,7 +133,9 @@ def evaluate_ctr(
 
     With an HF model (or an :class:`HFScorer`), P(Yes) is the softmax over the next-token logits of the
     first tokens of ``config.yes`` and ``config.no`` after the prompt (token ids looked up from the
-    tokenizer). Any other :class:`Scorer` is asked for the log-likelihoods of the two words.
+    tokenizer). Any other :class:`Scorer` is asked for the log-likelihoods of the two words. Under
+    ``protocol="tallrec"`` (or ``"goracs"``, which evaluates with TALLRec's script) P(Yes) is TALLRec's:
+    see :func:`genrec_evaluator._published.tallrec_p_yes`.
     """
     config = config or CtrConfig()
     start = time.perf_counter()
@@ -131,6 +145,9 @@ def evaluate_ctr(
     if config.limit is not None and config.limit < records.height:
         how = f"the first {config.limit} (limit)"
         records = records.head(config.limit)
+    if config.protocol != "genrec":
+        p_yes, token_ids = _tallrec_scores(records, model, adapter, config)
+        return _finish(records, p_yes, model, adapter, config, split_records, how, start, token_ids)
     scorer: Any
     if isinstance(model, Scorer):
         scorer = model
@@ -152,6 +169,59 @@ def evaluate_ctr(
         else:
             lp = scorer.score(query, [config.yes, config.no])
         p_yes[i] = p_yes_from_logprobs(lp[0], lp[1])
+    return _finish(records, p_yes, model, adapter, config, split_records, how, start, token_ids)
+
+
+def tallrec_prompts(records: pl.DataFrame) -> list[str]:
+    """TALLRec's prompt from ``instruction`` and ``input`` when the records carry them, else their ``prompt``."""
+    if "instruction" in records.columns and "input" in records.columns:
+        return [alpaca_prompt(ins or "", inp, style="tallrec") for ins, inp in records.select("instruction", "input").iter_rows()]
+    if "prompt" in records.columns:
+        log.info("ctr records carry no instruction/input columns: their prompt is used as it is")
+        return [str(p) for p in records["prompt"].to_list()]
+    raise EvaluatorError(f"ctr records: need instruction and input (or prompt) columns; have {records.columns}")
+
+
+def p_yes_from_probs(p_yes: np.ndarray, p_no: np.ndarray) -> np.ndarray:
+    """TALLRec's second softmax, over the two vocabulary probabilities: ``1 / (1 + e^(p_no - p_yes))``."""
+    return 1.0 / (1.0 + np.exp(np.asarray(p_no, dtype=np.float64) - np.asarray(p_yes, dtype=np.float64)))
+
+
+def _tallrec_scores(records: pl.DataFrame, model: Any, adapter: Any, config: CtrConfig) -> tuple[np.ndarray, list[int] | None]:
+    from tqdm.auto import tqdm
+
+    prompts = tallrec_prompts(records)
+    hf = (model.model, model.tokenizer) if isinstance(model, Scorer) and hasattr(model, "tokenizer") else None
+    if isinstance(model, Scorer) and hf is None:
+        # A plugged scorer gives log-likelihoods: TALLRec's rule is applied to their probabilities.
+        from genrec_evaluator._protocols import Query
+
+        lps = np.array([model.score(Query(prompt=p, completion_prefix=""), [config.yes, config.no]) for p in prompts])
+        return p_yes_from_probs(np.exp(lps[:, 0]), np.exp(lps[:, 1])), None
+    if hf is None:
+        from genrec_evaluator._models import load_model
+
+        hf = load_model(model, adapter=adapter, device=config.device, dtype=config.dtype)
+    import torch
+
+    hf_model, tokenizer = hf
+    yes_id = config.yes_id if config.yes_id is not None else answer_token_id(tokenizer, prompts[0], config.yes)
+    no_id = config.no_id if config.no_id is not None else answer_token_id(tokenizer, prompts[0], config.no)
+    if yes_id == no_id:
+        raise EvaluatorError(f"{config.yes!r} and {config.no!r} start with the same token {yes_id}; cannot tell them apart")
+    device = next(hf_model.parameters()).device
+    out = np.empty(len(prompts))
+    with torch.inference_mode():
+        # One prompt at a time with BOS and no padding, as TALLRec's evaluate(); the first generated
+        # step's scores are the last position's logits (greedy decoding applies no processor to them).
+        for i, prompt in enumerate(tqdm(prompts, disable=not config.progress, desc="tallrec")):
+            ids = torch.tensor([list(tokenizer(prompt, add_special_tokens=True)["input_ids"])], device=device)
+            out[i] = tallrec_p_yes(hf_model(input_ids=ids).logits[0, -1], yes_id, no_id)
+    return out, [yes_id, no_id]
+
+
+def _finish(records: pl.DataFrame, p_yes: np.ndarray, model: Any, adapter: Any, config: CtrConfig,
+            split_records: int, how: str | None, start: float, token_ids: Sequence[int] | None) -> EvaluationResult:
     labels = records["label"].to_numpy().astype(int)
     rng = np.random.default_rng(config.seed)
     # The majority baseline scores every record with the positive rate: AUC 0.5, accuracy of the
@@ -161,7 +231,13 @@ def evaluate_ctr(
     u = Uncertainty(n_boot=config.n_boot, seed=config.seed)
     metrics = ctr_metrics(labels, scores, u)
     metrics["model"]["mean_p_yes"] = float(p_yes.mean())
-    protocol = {**scope(records.height, split_records, how), "uncertainty": u.describe()}
+    protocol = {**scope(records.height, split_records, how), "uncertainty": u.describe(), "name": config.protocol}
+    if config.protocol != "genrec":
+        protocol["description"] = (
+            "TALLRec's evaluate.py: its Alpaca prompt (with the stray noqa text it was trained on), BOS, one prompt "
+            "at a time; softmax over the vocabulary at the first answer position, then a softmax over the "
+            "probabilities of the two answer tokens; AUC as sklearn's roc_auc_score."
+        )
     predictions = {
         "model": pl.DataFrame({"record_id": records["record_id"].cast(pl.String), "p_yes": p_yes, "label": labels})
     }
@@ -169,6 +245,7 @@ def evaluate_ctr(
         task="ctr", metrics=metrics, predictions=predictions, records=records,
         meta={"model": str(model) if not isinstance(model, Scorer) else type(model).__name__,
               "adapter": str(adapter) if adapter else None, "yes": config.yes, "no": config.no,
+              "token_ids": list(token_ids) if token_ids is not None else None,
               "protocol": protocol},
         seconds=time.perf_counter() - start,
     )

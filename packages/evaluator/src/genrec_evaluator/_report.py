@@ -222,9 +222,13 @@ def _protocol_lines(result: EvaluationResult) -> list[str]:
             "answers compared as strings) and its analyses (user thirds over every train user, length groups "
             "by value)."
         )
+    if p.get("description") and p.get("name") != "genup":
+        lines.append(f"- Protocol {p['name']}: {p['description']}")
     if p.get("generation"):
         g = p["generation"]
-        lines.append("- Decoding: " + ", ".join(f"{k} {v}" for k, v in g.items()) + f" (seed {result.meta.get('config', {}).get('seed', 0)} + record index).")
+        # Beam search (bigrec, goracs) draws nothing, so no seed is part of its decoding.
+        seeded = "" if p.get("name") in ("bigrec", "goracs") else f" (seed {result.meta.get('config', {}).get('seed', 0)} + record index)"
+        lines.append("- Decoding: " + ", ".join(f"{k} {v}" for k, v in g.items()) + seeded + ".")
     if "scored" in p:
         lines.append(f"- Scored: {p['scored']}.")
     u = p.get("uncertainty")
