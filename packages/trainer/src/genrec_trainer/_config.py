@@ -88,6 +88,21 @@ class TrainConfig:
             "(its pad id was the EOS id, and padding is masked)"
         },
     )
+    loss_on_prompt: bool = field(
+        default=False,
+        metadata={
+            "help": "take the loss on every token of the record, prompt included (labels = input ids except "
+            "padding): alpaca-lora's train_on_inputs=True, which BIGRec's SeqRec runs use"
+        },
+    )
+    tokenize_joined: bool = field(
+        default=False,
+        metadata={
+            "help": "format 'prompt', string records: tokenize prompt + completion as one text, as "
+            "alpaca-lora's trainers (BIGRec, TALLRec) did, then append EOS; the completion is the tokens "
+            "from its first character on. false encodes the two apart"
+        },
+    )
     max_length: int = field(default=2048, metadata={"help": "maximum tokens per training sequence"})
     truncation: bool = field(
         default=False,
@@ -282,6 +297,16 @@ class TrainConfig:
         if blank:
             raise TrainerError(
                 f"config field 'target_modules' holds an empty name: {list(self.target_modules)!r}"
+            )
+        if self.loss_on_prompt and self.response_template:
+            raise TrainerError(
+                f"config: 'loss_on_prompt' trains every token, but 'response_template' "
+                f"({self.response_template!r}) asks to train only after it; set one of them"
+            )
+        if self.tokenize_joined and self.format in ("messages", "text"):
+            raise TrainerError(
+                f"config field 'tokenize_joined' applies to prompt + completion records, but format is "
+                f"{self.format!r}"
             )
         if self.mode == "full" and self.quantization != "none":
             raise TrainerError(

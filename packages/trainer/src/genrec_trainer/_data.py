@@ -292,8 +292,11 @@ def tokenize_records(
     train_eos: bool = True,
     text_column: str = "text",
     response_template: str = "",
+    loss_on_prompt: bool = False,
+    tokenize_joined: bool = False,
 ) -> TokenizedSet:
-    """Token ids and labels for every record; labels are ``-100`` outside completion/assistant text.
+    """Token ids and labels for every record; labels are ``-100`` outside completion/assistant text,
+    or nowhere with ``loss_on_prompt`` (alpaca-lora's ``train_on_inputs=True``).
 
     Records written under GenUP's protocol (a ``protocol`` column saying ``genup``, or a text opening with
     a literal ``<s>``) are fed as GenUP fed them: the whole text tokenised in one pass, with the BOS
@@ -311,7 +314,13 @@ def tokenize_records(
         if fmt == "prompt":
             genup = _is_genup(protocols[row_no], row["prompt"])
             ids, labels = _prompt_completion(
-                tokenizer, row["prompt"], row["completion"], where, add_bos=add_bos, genup=genup
+                tokenizer,
+                row["prompt"],
+                row["completion"],
+                where,
+                add_bos=add_bos,
+                genup=genup,
+                joined=tokenize_joined,
             )
         elif fmt == "messages":
             ids, labels = _conversation(tokenizer, row["messages"], where)
@@ -327,6 +336,9 @@ def tokenize_records(
                 template=response_template,
                 column=text_column,
             )
+        if loss_on_prompt:
+            # alpaca-lora's tokenize(): labels are a copy of the input ids; the collator masks padding.
+            labels = list(ids)
         if not train_eos and eos is not None:
             labels = [IGNORE_INDEX if label == eos else label for label in labels]
         if all(label == IGNORE_INDEX for label in labels):
@@ -407,7 +419,14 @@ def _shape(value: Any) -> str:
 
 
 def _prompt_completion(
-    tokenizer: Any, prompt: Any, completion: Any, where: _Where, *, add_bos: str = "auto", genup: bool = False
+    tokenizer: Any,
+    prompt: Any,
+    completion: Any,
+    where: _Where,
+    *,
+    add_bos: str = "auto",
+    genup: bool = False,
+    joined: bool = False,
 ) -> tuple[list[int], list[int]]:
     if prompt is None or completion is None:
         raise TrainerError(
@@ -423,6 +442,18 @@ def _prompt_completion(
             except ValueError as exc:
                 raise where.error(str(exc)) from None
         eos = tokenizer.eos_token_id
+        if joined:
+            # alpaca-lora read prompt + output as one string: after an Alpaca prompt's closing "\n" a
+            # LLaMA answer "Yes" is the bare "Yes" token (the id TALLRec scores), where a separately
+            # encoded completion would start with the word-initial "▁Yes".
+            try:
+                ids, labels = _encode_after(tokenizer, prompt + completion, len(prompt), special=special)
+            except ValueError as exc:
+                raise where.error(str(exc)) from None
+            if eos is not None and ids[-1] != eos:
+                ids.append(eos)
+                labels.append(eos)
+            return ids, labels
         p_ids = _encode(tokenizer, prompt, special=special)
         c_ids = _encode(tokenizer, completion, special=False)
         if eos is not None and (not c_ids or c_ids[-1] != eos):

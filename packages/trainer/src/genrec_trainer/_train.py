@@ -46,6 +46,8 @@ _RESUME_FIXED = (
     "response_template",
     "add_bos",
     "train_eos",
+    "loss_on_prompt",
+    "tokenize_joined",
     "max_length",
     "truncation",
     "packing",
@@ -433,6 +435,8 @@ def _train(
         train_eos=config.train_eos,
         text_column=config.text_column,
         response_template=config.response_template,
+        loss_on_prompt=config.loss_on_prompt,
+        tokenize_joined=config.tokenize_joined,
     )
     examples = train_set.examples
     val_examples: list[Example] = []
@@ -449,6 +453,8 @@ def _train(
             train_eos=config.train_eos,
             text_column=config.text_column,
             response_template=config.response_template,
+            loss_on_prompt=config.loss_on_prompt,
+            tokenize_joined=config.tokenize_joined,
         )
         val_examples = val_set.examples
     if config.packing:
