@@ -14,15 +14,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["sftdata", "profiler", "otcoreset", "trainer", "evaluator", "pipeline"]
+# genrec-core: the foundation, a library without a command of its own.
+LIBRARIES = ["core"]
 SCRIPTS = {name: f"genrec-{name}" for name in PACKAGES} | {"pipeline": "genrec"}
-# DESIGN.md §1: the only genrec siblings each package may depend on.
+# DESIGN.md §1: the only genrec siblings each package may depend on (core is below all of them).
 ALLOWED_SIBLINGS = {
-    "sftdata": set(),
-    "profiler": {"sftdata"},
-    "otcoreset": set(),
-    "trainer": set(),
-    "evaluator": {"sftdata"},
-    "pipeline": {"sftdata", "profiler", "otcoreset", "trainer", "evaluator"},
+    "core": set(),
+    "sftdata": {"core"},
+    "profiler": {"core", "sftdata"},
+    "otcoreset": {"core"},
+    "trainer": {"core"},
+    "evaluator": {"core", "sftdata"},
+    "pipeline": {"core", "sftdata", "profiler", "otcoreset", "trainer", "evaluator"},
 }
 
 
@@ -34,7 +37,7 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(f"genrec_{name}") is not None
 
 
-@pytest.mark.parametrize("name", PACKAGES)
+@pytest.mark.parametrize("name", PACKAGES + LIBRARIES)
 def test_layout_and_metadata(name: str) -> None:
     pkg = ROOT / "packages" / name
     meta = _pyproject(name)["project"]
@@ -42,10 +45,13 @@ def test_layout_and_metadata(name: str) -> None:
     assert meta["version"] == "0.1.0"
     assert (pkg / "README.md").read_text().strip().startswith(f"# genrec-{name}")
     assert (pkg / "src" / f"genrec_{name}" / "py.typed").is_file()
-    assert meta["scripts"] == {SCRIPTS[name]: f"genrec_{name}._cli:main"}
+    if name in LIBRARIES:
+        assert "scripts" not in meta
+    else:
+        assert meta["scripts"] == {SCRIPTS[name]: f"genrec_{name}._cli:main"}
 
 
-@pytest.mark.parametrize("name", PACKAGES)
+@pytest.mark.parametrize("name", PACKAGES + LIBRARIES)
 def test_sibling_dependencies_follow_the_design(name: str) -> None:
     deps = _pyproject(name)["project"]["dependencies"]
     siblings = {}
@@ -58,7 +64,7 @@ def test_sibling_dependencies_follow_the_design(name: str) -> None:
         assert "==" not in dep and ">=" in dep and "<" in dep, f"sibling pins must be ranges: {dep}"
 
 
-@pytest.mark.parametrize("name", PACKAGES)
+@pytest.mark.parametrize("name", PACKAGES + LIBRARIES)
 def test_version_and_public_names(name: str) -> None:
     if not _installed(name):
         pytest.skip(f"genrec-{name} is not installed in this environment")
@@ -84,7 +90,7 @@ def test_cli_version_and_help(name: str, capsys: pytest.CaptureFixture[str]) -> 
     assert f"usage: {SCRIPTS[name]}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["sftdata", "evaluator", "profiler"])
+@pytest.mark.parametrize("name", ["core", "sftdata", "evaluator", "profiler"])
 def test_light_packages_do_not_import_torch(name: str) -> None:
     if not _installed(name):
         pytest.skip(f"genrec-{name} is not installed in this environment")

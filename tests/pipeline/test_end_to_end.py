@@ -78,9 +78,14 @@ def test_every_stage_end_to_end(tmp_path: Path, tiny_llama: Path) -> None:
     assert selection.height == train_records.height
     n_selected = int(selection["selected"].sum())
     assert n_selected == round(0.5 * train_records.height)
-    assert sorted(selection.filter(pl.col("selected"))["rank"].to_list()) == list(range(n_selected))
+    # genrec_core.SELECTION: 1-based entry order among the selected, null for the rest.
+    assert sorted(selection.filter(pl.col("selected"))["rank"].to_list()) == list(range(1, n_selected + 1))
+    assert selection.filter(~pl.col("selected"))["rank"].null_count() == train_records.height - n_selected
     log = json.loads(arts["coreset"]["log"].read_text())
-    assert log["poo"] <= log["poo_trace"][0] + 1e-12  # swaps never raise the exact POO
+    assert {"method", "budget", "pool", "n_val", "lambda", "labels", "poo", "trace", "swaps",
+            "exact_solves", "seconds"} <= set(log)  # fmt: skip
+    assert log["budget"] == n_selected and log["pool"] == train_records.height
+    assert log["poo"] <= log["trace"][0] + 1e-12  # swaps never raise the exact POO
     chosen = pl.read_parquet(arts["coreset"]["train"])
     assert set(chosen["record_id"]) == set(selection.filter(pl.col("selected"))["record_id"])
 
@@ -121,7 +126,11 @@ def test_kill_inside_training_then_resume(tmp_path: Path, tiny_llama: Path) -> N
     config = load_config(path)
     run(config, until="coreset")
     train_dir = next(i.folder for i in plan(config) if i.stage == "train")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    from genrec_pipeline._cache import code_version
+
+    # The child keys its stages with this process's code version: other work editing the tree while
+    # this test runs must not move the stage folders under it.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GENREC_CODE_VERSION": json.dumps(code_version())}
     proc = subprocess.Popen(
         [sys.executable, "-m", "genrec_pipeline", "run", str(path), "--no-progress", "--quiet"],
         env=env,

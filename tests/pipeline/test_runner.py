@@ -117,3 +117,25 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_unknown_stage_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="unknown stage 'trian'"):
         plan(_config(tmp_path), stages=["trian"])
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from genrec_core import GenrecError
+
+    assert issubclass(PipelineError, GenrecError)
+    path = tmp_path / "bad.toml"
+    path.write_text("[data]\nusers = 'many'\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec: error: ") and "[data].users" in err and "\n" not in err
+    assert main(["run", str(tmp_path / "missing.toml")]) == 2
+    assert "config file does not exist" in capsys.readouterr().err
+
+
+def test_events_log_one_line_per_stage_execution(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    run(config, until="records")
+    run(config, until="records")  # all reused: nothing executes again
+    events = [json.loads(line) for line in (tmp_path / "runs" / "small" / "events.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in events] == ["data", "profiles", "records"]
+    assert {e["rank"] for e in events} == {0}

@@ -1,38 +1,119 @@
-"""Stage folders keyed by a hash of their inputs and settings.
+"""Stage folders keyed by a hash of their settings, the content of their inputs and the code.
 
-A stage's folder is ``<run dir>/<stage>-<key>`` where the key hashes the stage's settings, the keys of
-the stages it reads and the genrec versions. The folder holds ``stage.json``; its ``status`` turns
-``done`` only after every output is in place (written atomically), so a folder without it is an
-interrupted stage that the next run resumes in place.
+A stage's folder is ``<run dir>/<stage>-<key>`` where the key hashes the stage's settings (with every
+input file replaced by a fingerprint of its content), the keys of the stages it reads, and the code
+version (the genrec package versions and, for a source checkout, a hash of the genrec source files).
+The folder holds ``stage.json``; its ``status`` turns ``done`` only after every output is in place
+(written atomically), so a folder without it is an interrupted stage that the next run resumes in place.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from genrec_core import HASH_LIMIT_BYTES, fingerprint
 
-def write_json(path: Path, payload: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+GENREC_PACKAGES = (
+    "genrec-core",
+    "genrec-sftdata",
+    "genrec-profiler",
+    "genrec-otcoreset",
+    "genrec-trainer",
+    "genrec-evaluator",
+    "genrec-pipeline",
+)
+# Source files whose content is the code (recipes and shipped configs change results too).
+_SOURCE_SUFFIXES = (".py", ".toml", ".jinja", ".json")
 
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _in_checkout(folder: Path) -> bool:
+    return any((parent / ".git").exists() for parent in folder.parents)
+
+
+def _source_hash(package_dir: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*")):
+        if path.suffix not in _SOURCE_SUFFIXES or "__pycache__" in path.parts or not path.is_file():
+            continue
+        h.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def code_version() -> dict[str, str]:
+    """Each genrec package's version, plus ``+src.<hash>`` of its source files when it is installed
+    from a git checkout (editable), so uncommitted edits re-key the stages they could change.
+
+    Computed once per process: a run keys all its stages against the same code, even when the tree
+    is edited while it runs. ``$GENREC_CODE_VERSION`` (this mapping as JSON) pins it, so a process a
+    run starts (a resumed run in a subprocess, say) keys its stages exactly as its parent did.
+    """
+    pinned = os.environ.get("GENREC_CODE_VERSION")
+    if pinned:
+        return {str(k): str(v) for k, v in json.loads(pinned).items()}
+    out: dict[str, str] = {}
+    for dist in GENREC_PACKAGES:
+        try:
+            value = version(dist)
+        except PackageNotFoundError:  # pragma: no cover - a partial install
+            value = "missing"
+        spec = importlib.util.find_spec(dist.replace("-", "_"))
+        locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+        for location in locations:
+            folder = Path(location)
+            if folder.is_dir() and _in_checkout(folder):
+                value += f"+src.{_source_hash(folder)}"
+        out[dist] = value
+    return out
+
+
+@functools.cache
+def _content_key(path: str, size: int, mtime_ns: int, inode: int) -> dict[str, Any]:
+    info = fingerprint(path)
+    # Below the hash limit the hash is the whole content: leave the mtime out, so a copy or a `touch`
+    # of an unchanged file keeps its cache. Above it only the edges are hashed and mtime must count.
+    if size <= HASH_LIMIT_BYTES:
+        return {"size": info["size"], "sha256": info["sha256"]}
+    return info
+
+
+def input_key(value: str) -> Any:
+    """What a path setting contributes to a cache key: the content of the file (or of every file
+    under the folder) it names; a value that is no local path (a hub id) stays as it is."""
+    if not value:
+        return value
+    path = Path(value).expanduser()
+    try:
+        if path.is_file():
+            st = path.stat()
+            return {"path": value, **_content_key(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)}
+        if path.is_dir():
+            files = {}
+            for child in sorted(path.rglob("*")):
+                rel = child.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts) or not child.is_file():
+                    continue
+                st = child.stat()
+                files[rel.as_posix()] = _content_key(str(child.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+            digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+            return {"path": value, "files": len(files), "sha256": digest}
+    except OSError:
+        return value
+    return value
 
 
 def stage_key(

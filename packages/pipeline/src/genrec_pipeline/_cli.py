@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from genrec_core import run_main
 from genrec_pipeline import __version__
 from genrec_pipeline._config import STAGES, default_config_path, load_config, shipped_configs
 from genrec_pipeline._errors import PipelineError
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the same config with tiny random models of the same families, a few users, records and steps, "
+        "on the CPU: checks a config end to end in minutes (its runs go under <name>-smoke)",
+    )
+    run.add_argument(
         "--set",
         action="append",
         default=[],
@@ -90,7 +97,9 @@ def _overrides(items: Sequence[str], run_dir: str | None) -> dict[str, str]:
 def _run(args: argparse.Namespace) -> int:
     from genrec_pipeline._runner import format_plan, plan, run
 
-    config = load_config(args.config, overrides=_overrides(args.set, args.run_dir))
+    config = load_config(args.config, overrides=_overrides(args.set, args.run_dir), smoke=args.smoke)
+    for line in config.smoke_changes:
+        print(line)
     items = plan(config, stages=args.stages, from_stage=args.from_stage, until=args.until, force=args.force)
     print(f"genrec run '{config.name}' from {config.source}")
     print(format_plan(items))
@@ -158,20 +167,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    try:
+
+    def body() -> int:
         if args.command == "run":
             return _run(args)
         if args.command == "cross-city":
             return _cross_city(args)
         return _configs(args)
-    except KeyboardInterrupt:
-        print("genrec: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (PipelineError, FileNotFoundError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"genrec: error: {exc}", file=sys.stderr)
-        return 2
+
+    rc = run_main("genrec", body, debug=args.debug)
+    if rc == 130:
+        print("genrec: rerun the same command to resume", file=sys.stderr)
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from genrec_pipeline._dist import TRAIN_KEYS
 from genrec_pipeline._errors import PipelineError
 
 STAGES: tuple[str, ...] = ("data", "profiles", "records", "coreset", "train", "evaluate")
@@ -35,6 +36,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "val": "",
         "test": "",
         "format": "auto",
+        "max_users": 0,  # keep the first N users (by id) of the files; 0 = all
         "prepare": {},  # genrec_sftdata.PrepareConfig fields
     },
     "profiles": {
@@ -55,6 +57,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "interactions": "",  # seqrec: per-user sequences or (user_id, item_id, timestamp) rows
         "ratings": "",  # ctr: (user_id, item_id, rating, timestamp) rows
         "tallrec": [],  # ctr: TALLRec JSON files; each file's name gives its split
+        "genup": "",  # next_poi: GenUP's published SFT records (hub id or save_to_disk folder) as they are
+        "max_records": 0,  # keep at most N records per split (seeded sample); 0 = all
         "options": {},  # genrec_sftdata.NextPoiConfig / SeqRecConfig / CtrConfig fields
     },
     "coreset": {
@@ -70,7 +74,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "dtype": "auto",  # of the gradient-norm forward: auto | float32 | bfloat16 | float16
         "options": {},
     },
-    "train": {"recipe": "", "options": {}},  # genrec_trainer.TrainConfig fields in options
+    # genrec_trainer.TrainConfig fields in options; the rest launches torchrun (see _dist)
+    "train": {"recipe": "", **TRAIN_KEYS, "options": {}},
     "evaluate": {
         "split": "test",
         "mode": "ranked",  # ranked | generate | none (baselines only)
@@ -88,6 +93,10 @@ class RunConfig:
     tables: Mapping[str, Mapping[str, Any]]
     source: str = field(default="<built-in default>")
     base_dir: Path = field(default_factory=Path.cwd)
+    #: A smoke version of the config (tiny models, CPU): see :func:`genrec_pipeline._smoke.smoke_config`.
+    smoke: bool = False
+    #: One line per setting the smoke mapping changed.
+    smoke_changes: tuple[str, ...] = ()
 
     def __getitem__(self, table: str) -> Mapping[str, Any]:
         return self.tables[table]
@@ -184,9 +193,13 @@ def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: str | Path | None = None, *, overrides: Mapping[str, str] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, *, overrides: Mapping[str, str] | None = None, smoke: bool = False
+) -> RunConfig:
     """Read and validate a run config; ``None`` is the built-in default. ``overrides`` maps dotted
-    keys (``train.options.max_steps``) to TOML values, as ``genrec run --set`` does."""
+    keys (``train.options.max_steps``) to TOML values, as ``genrec run --set`` does. ``smoke``: the
+    same config with every model swapped for a tiny random one of its family, a few users, records
+    and steps, and GPU-only settings mapped to the CPU (``genrec run --smoke``)."""
     tables: dict[str, dict[str, Any]] = copy.deepcopy(_SCHEMA)
     default = default_config_path()
     file = Path(path) if path is not None else default
@@ -210,6 +223,10 @@ def load_config(path: str | Path | None = None, *, overrides: Mapping[str, str] 
         _merge(tables, extra, "--set")
     config = RunConfig(tables=tables, source=str(file), base_dir=file.parent)
     validate(config)
+    if smoke:
+        from genrec_pipeline._smoke import smoke_config
+
+        config = smoke_config(config)
     return config
 
 
@@ -237,6 +254,13 @@ def validate(config: RunConfig) -> None:
         raise PipelineError(f"{config.source}: [records].task = 'seqrec' needs [records].items and [records].interactions")
     if task == "ctr" and not (rec["tallrec"] or (rec["ratings"] and rec["items"])):
         raise PipelineError(f"{config.source}: [records].task = 'ctr' needs [records].tallrec, or [records].ratings and items")
+    if rec["genup"] and task != "next_poi":
+        raise PipelineError(f"{config.source}: [records].genup holds next_poi records; [records].task is {task!r}")
+    if rec["genup"] and config["evaluate"]["mode"] == "none":
+        raise PipelineError(
+            f"{config.source}: [evaluate].mode = 'none' fits the baselines on check-ins, which [records].genup "
+            "runs have none of; use 'generate' or 'ranked'"
+        )
     if task != "next_poi" and config["evaluate"]["mode"] == "generate":
         raise PipelineError(f"{config.source}: [evaluate].mode = 'generate' is for next_poi; {task} has its own scoring")
     _choice(config, "evaluate", "mode", ("ranked", "generate", "none"))
@@ -245,8 +269,16 @@ def validate(config: RunConfig) -> None:
         raise PipelineError(
             f"{config.source}: [data].users must be at least 2, got {config['data']['users']}"
         )
-    if task == "next_poi" and config["data"]["source"] == "files" and not (config["data"]["inputs"] or config["data"]["train"]):
+    if (
+        task == "next_poi"
+        and not rec["genup"]
+        and config["data"]["source"] == "files"
+        and not (config["data"]["inputs"] or config["data"]["train"])
+    ):
         raise PipelineError(f"{config.source}: [data].source = 'files' needs [data].inputs or [data].train")
+    for key in ("nproc_per_node", "nnodes"):
+        if config["train"][key] < 1:
+            raise PipelineError(f"{config.source}: [train].{key} must be at least 1, got {config['train'][key]}")
     budget = config["coreset"]["budget"]
     if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
         raise PipelineError(

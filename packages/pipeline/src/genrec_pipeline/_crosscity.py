@@ -11,8 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from genrec_core import atomic_write_json, atomic_write_parquet
 from genrec_pipeline import stages as st
-from genrec_pipeline._cache import stage_key, status, write_json
+from genrec_pipeline._cache import stage_key, status
 from genrec_pipeline._config import RunConfig, load_config
 from genrec_pipeline._errors import PipelineError
 
@@ -81,11 +82,11 @@ def cross_city(
             key = stage_key("cross_city", settings, {"train": keys[a]["train"], "records": keys[b]["records"]}, {})
             folder = out / f"{a}--on--{b}-{key}"
             if status(folder) != "done":
-                write_json(folder / "stage.json", {"status": "running"})
+                atomic_write_json(folder / "stage.json", {"status": "running"})
                 t = data_cfg["evaluate"]
                 st.evaluate(
                     results[b].artifacts["records"],  # type: ignore[arg-type]
-                    results[b].artifacts["data"],  # type: ignore[arg-type]
+                    results[b].artifacts.get("data"),  # type: ignore[arg-type]
                     folder,
                     model=results[a].artifacts["train"],  # type: ignore[arg-type]
                     split=t["split"],
@@ -94,13 +95,13 @@ def cross_city(
                     options=t["options"],
                     progress=bool(progress),
                 )
-                write_json(folder / "stage.json", {"status": "done", "train_city": a, "eval_city": b})
+                atomic_write_json(folder / "stage.json", {"status": "done", "train_city": a, "eval_city": b})
             runs[(a, b)] = folder
             metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
             rows.append({"train_city": a, "eval_city": b, "metrics": metrics})
     matrix = cross_city_matrix(rows, metric=metric)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "cross_city.parquet"
-    matrix.write_parquet(table)
+    atomic_write_parquet(table, matrix)
     plot = plot_cross_city(matrix, out / "cross_city.png", metric=metric)
     return CrossCityResult(matrix=matrix, plot=Path(plot), table=table, runs=runs, metric=metric)

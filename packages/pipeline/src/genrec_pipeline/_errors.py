@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from genrec_core import GenrecError
 
-class PipelineError(ValueError):
+
+class PipelineError(GenrecError):
     """A run could not be planned or a stage failed; the message names the config key or stage."""

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from genrec_core import atomic_write_text
 from genrec_pipeline._config import RunConfig
 from genrec_pipeline.stages import Artifact
 
@@ -17,13 +16,6 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "seqrec": ("ndcg@1", "ndcg@5", "ndcg@10", "hr@10", "hr@20", "sampled_ndcg@10", "sampled_hr@10"),
     "ctr": ("auc", "n"),
 }
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _losses(log_path: Path) -> tuple[list[int], list[float], list[tuple[int, float]]]:
@@ -168,6 +160,6 @@ def write_run_report(
         if "report" in evaluation.files:
             lines_md += [f"Full evaluation report: `{evaluation['report']}`", ""]
     report = run_dir / "report.md"
-    _atomic_text(report, "\n".join(lines_md) + "\n")
+    atomic_write_text(report, "\n".join(lines_md) + "\n")
     lines_txt += ["", f"report: {report}"]
     return report, "\n".join(lines_txt)

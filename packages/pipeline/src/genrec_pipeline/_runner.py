@@ -7,27 +7,29 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from genrec_core import atomic_write_json
+from genrec_pipeline import _dist
 from genrec_pipeline import stages as st
-from genrec_pipeline._cache import read_json, stage_dir, stage_key, status, write_json
+from genrec_pipeline._cache import code_version, input_key, read_json, stage_dir, stage_key, status
 from genrec_pipeline._config import STAGES, RunConfig, load_config
 from genrec_pipeline._errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-_PACKAGES = (
-    "genrec-sftdata",
-    "genrec-profiler",
-    "genrec-otcoreset",
-    "genrec-trainer",
-    "genrec-evaluator",
-    "genrec-pipeline",
-)
-# Keys that change how a stage reports, not what it computes: left out of the cache key.
-_VOLATILE = {"progress", "description", "name", "root"}
+# Keys that change how a stage reports or where its processes meet, not what it computes: left out
+# of the cache key.
+_VOLATILE = {"progress", "description", "name", "root", *_dist.LAUNCH_KEYS}
+# Settings naming files or folders a stage reads: keyed by their content, not their path.
+_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("inputs", "train", "val", "test"),
+    "profiles": ("model",),
+    "records": ("items", "interactions", "ratings", "tallrec", "genup"),
+    "coreset": ("model", "encoder"),
+}
+_OPTION_INPUTS = ("model", "val", "adapter")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,19 +57,11 @@ class RunResult:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:  # pragma: no cover - a partial install
-            out[name] = "missing"
-    return out
-
-
 def _enabled(config: RunConfig, stage: str) -> bool:
     if stage in ("data", "profiles") and config["records"]["task"] != "next_poi":
         return False  # SeqRec and CTR records are built from their own inputs
+    if stage in ("data", "profiles") and config["records"]["genup"]:
+        return False  # GenUP's published records carry their profiles and prompts already
     if stage == "profiles":
         return bool(config["profiles"]["enabled"])
     if stage == "coreset":
@@ -92,16 +86,19 @@ def _upstream(config: RunConfig, stage: str) -> tuple[str, ...]:
 
 def _settings(config: RunConfig, stage: str) -> dict[str, Any]:
     table = {k: v for k, v in config[stage].items() if k not in _VOLATILE}
-    if stage in ("data", "records"):
-        for key in ("inputs", "train", "val", "test", "items", "interactions", "ratings", "tallrec"):
-            value = table.get(key)
-            if isinstance(value, list):
-                table[key] = [config.resolve(str(v)) for v in value]
-            elif value:
-                table[key] = config.resolve(str(value))
+    for key in _INPUTS.get(stage, ()):
+        value = table.get(key)
+        if isinstance(value, list):
+            table[key] = [input_key(config.resolve(str(v))) for v in value]
+        elif value:
+            table[key] = input_key(config.resolve(str(value)))
     if isinstance(table.get("options"), Mapping):
-        table["options"] = {k: v for k, v in table["options"].items() if k not in _VOLATILE}
-    if stage in ("data", "profiles", "coreset", "train"):
+        options = {k: v for k, v in table["options"].items() if k not in _VOLATILE}
+        for key in _OPTION_INPUTS:
+            if isinstance(options.get(key), str) and options[key]:
+                options[key] = input_key(config.resolve(options[key]))
+        table["options"] = options
+    if stage in ("data", "profiles", "records", "coreset", "train"):
         table["seed"] = config["run"]["seed"]
     return table
 
@@ -138,7 +135,7 @@ def plan(
         if name not in STAGES:
             raise PipelineError(f"--force: unknown stage {name!r}; stages are {', '.join(STAGES)}")
         forced.add(name)
-    versions = _versions()
+    versions = code_version()
     keys: dict[str, str] = {}
     out: list[StagePlan] = []
     for stage in STAGES:
@@ -171,7 +168,12 @@ def format_plan(items: Sequence[StagePlan]) -> str:
 
 
 def _call_stage(
-    config: RunConfig, stage: str, folder: Path, arts: Mapping[str, st.Artifact], progress: bool
+    config: RunConfig,
+    stage: str,
+    folder: Path,
+    arts: Mapping[str, st.Artifact],
+    progress: bool,
+    role: _dist.Role | None = None,
 ) -> st.Artifact:
     t = config[stage]
     seed = int(config["run"]["seed"])
@@ -187,6 +189,7 @@ def _call_stage(
             val=config.resolve(t["val"]) or None,
             test=config.resolve(t["test"]) or None,
             format=t["format"],
+            max_users=t["max_users"],
             prepare=t["prepare"],
         )
     if stage == "profiles":
@@ -215,6 +218,9 @@ def _call_stage(
             interactions=config.resolve(t["interactions"]) or None,
             ratings=config.resolve(t["ratings"]) or None,
             tallrec=[config.resolve(str(p)) for p in t["tallrec"]],
+            genup=config.resolve(t["genup"]) or None,
+            max_records=t["max_records"],
+            seed=seed,
             options=t["options"],
         )
     if stage == "coreset":
@@ -243,6 +249,7 @@ def _call_stage(
             options=t["options"],
             seed=seed,
             progress=progress,
+            distributed={k: t[k] for k in _dist.TRAIN_KEYS} if role is not None and role.launch else None,
         )
     if stage == "evaluate":
         return st.evaluate(
@@ -259,6 +266,18 @@ def _call_stage(
     raise PipelineError(f"unknown stage {stage!r}")  # pragma: no cover
 
 
+def _event(run_dir: Path, item: StagePlan, role: _dist.Role, what: str) -> None:
+    """One line per stage execution in ``events.jsonl``: which process ran what, when (appends are
+    atomic for lines this short, so ranks and reruns can share the file)."""
+    import json
+    import os
+
+    line = json.dumps({"stage": item.stage, "key": item.key, "event": what, "rank": role.rank,
+                       "pid": os.getpid(), "time": datetime.now(UTC).isoformat()})  # fmt: skip
+    with (run_dir / "events.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
 def run(
     config: RunConfig | str | Path | None = None,
     *,
@@ -268,13 +287,24 @@ def run(
     force: Iterable[str] = (),
     progress: bool | None = None,
     on_stage: Callable[[StagePlan], None] | None = None,
+    smoke: bool = False,
 ) -> RunResult:
     """Run ``config`` (a :class:`RunConfig`, a TOML path, a shipped config name, or ``None`` for the
-    built-in default), reusing every stage whose settings and inputs are unchanged."""
+    built-in default), reusing every stage whose settings and inputs are unchanged.
+
+    ``smoke``: the same config with tiny models, a few users and steps, on the CPU (see
+    :func:`genrec_pipeline.load_config`). Under torchrun (``WORLD_SIZE`` > 1) rank 0 runs every stage
+    and the other ranks join the train stage only.
+    """
     if not isinstance(config, RunConfig):
-        config = load_config(config)
+        config = load_config(config, smoke=smoke)
+    elif smoke and not config.smoke:
+        from genrec_pipeline._smoke import smoke_config
+
+        config = smoke_config(config)
     show = bool(config["run"]["progress"]) if progress is None else progress
     items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
+    role = _dist.role(config["train"])
     run_dir = config.run_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, st.Artifact] = {}
@@ -282,9 +312,16 @@ def run(
     reused: set[str] = set()
     index_path = run_dir / "run.json"
     for item in items:
+        if not role.primary and item.stage == "evaluate":
+            break  # rank 0 evaluates; the other ranks are done once training is
         if item.action == "skip":
             if status(item.folder) == "done":
                 artifacts[item.stage] = st.load_artifact(item.folder)
+            continue
+        if not role.primary and item.stage != "train":
+            if item.action != "reuse":
+                _dist.wait_done(item.stage, item.folder)
+            artifacts[item.stage] = st.load_artifact(item.folder)
             continue
         missing = [u for u in item.upstream if u not in artifacts]
         if missing:
@@ -311,18 +348,32 @@ def run(
             "config": config.source,
         }
         item.folder.mkdir(parents=True, exist_ok=True)
-        if item.action == "run" and (item.folder / "stage.json").is_file():
-            # A forced re-run starts from a clean marker, but keeps files so stages can resume.
-            (item.folder / "stage.json").unlink()
-        write_json(item.folder / "stage.json", meta)
+        if role.primary:
+            if item.action == "run" and (item.folder / "stage.json").is_file():
+                # A forced re-run starts from a clean marker, but keeps files so stages can resume.
+                (item.folder / "stage.json").unlink()
+            atomic_write_json(item.folder / "stage.json", meta, sort_keys=True)
+        _event(run_dir, item, role, item.action)
         log.info("%s: %s in %s", item.stage, item.action, item.folder)
-        artifact = _call_stage(config, item.stage, item.folder, artifacts, show)
+        try:
+            artifact = _call_stage(config, item.stage, item.folder, artifacts, show, role)
+        except BaseException as exc:
+            if role.primary:
+                # Ranks waiting on this stage stop instead of waiting forever; the next run resumes.
+                failed = {**meta, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                atomic_write_json(item.folder / "stage.json", failed, sort_keys=True)
+            raise
         seconds[item.stage] = round(time.perf_counter() - start, 1)
-        write_json(item.folder / "stage.json", {**meta, "status": "done", "seconds": seconds[item.stage]})
         artifacts[item.stage] = artifact
+        if not role.primary:
+            continue
+        done = {**meta, "status": "done", "seconds": seconds[item.stage]}
+        atomic_write_json(item.folder / "stage.json", done, sort_keys=True)
         index = read_json(index_path) if index_path.is_file() else {}
         index[item.stage] = {"folder": str(item.folder), "key": item.key, "seconds": seconds[item.stage]}
-        write_json(index_path, index)
+        atomic_write_json(index_path, index, sort_keys=True)
+    if not role.primary:
+        return RunResult(run_dir=run_dir, plan=items, artifacts=artifacts, seconds=seconds)
     from genrec_pipeline._report import write_run_report
 
     report, summary = write_run_report(config, run_dir, artifacts, seconds, reused)

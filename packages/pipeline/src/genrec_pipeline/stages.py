@@ -23,7 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genrec_pipeline._cache import read_json, write_json
+from genrec_core import (
+    CHECKINS,
+    PREDICTIONS,
+    PROFILES,
+    SELECTION,
+    SFT_RECORDS,
+    atomic_write_json,
+    atomic_write_parquet,
+)
+from genrec_core import TASK_COLUMNS as _TASK_COLUMNS
+from genrec_pipeline._cache import read_json
+from genrec_pipeline._dist import env_rank
 from genrec_pipeline._errors import PipelineError
 
 if TYPE_CHECKING:
@@ -47,25 +58,15 @@ __all__ = [
     "train",
 ]
 
-CHECKIN_COLUMNS = (
-    "user_id", "poi_id", "category_id", "category_name", "latitude", "longitude", "local_time",
-    "utc_time", "trajectory_id", "split", "user_idx", "poi_idx", "category_idx",
-)  # fmt: skip
-PROFILE_COLUMNS = (
-    "user_id", "traits", "age", "gender", "education", "socioeco", "preferences", "routines",
-    "summary", "backend", "model", "raw", "status", "error",
-)  # fmt: skip
-RECORD_COLUMNS = (
-    "record_id", "task", "user_id", "split", "prompt", "completion", "messages", "target_poi_idx",
-    "trajectory_id", "n_checkins", "target_time",
-)  # fmt: skip
+# The columns each artifact's tables hold: the required columns of the genrec_core contracts.
+CHECKIN_COLUMNS = CHECKINS.required
+PROFILE_COLUMNS = PROFILES.required
+RECORD_COLUMNS = SFT_RECORDS.required
 TASK_COLUMNS: dict[str, tuple[str, ...]] = {
-    "next_poi": ("target_poi_idx", "trajectory_id", "n_checkins", "target_time"),
-    "seqrec": ("history_item_ids", "target_item_id", "negative_item_ids"),
-    "ctr": ("label",),
+    task: tuple(c.name for c in cols if c.required) for task, cols in _TASK_COLUMNS.items()
 }
-SELECTION_COLUMNS = ("record_id", "selected", "rank")
-PREDICTION_COLUMNS = ("record_id", "ranked", "generated", "valid")
+SELECTION_COLUMNS = SELECTION.required
+PREDICTION_COLUMNS = PREDICTIONS.required
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,8 +150,21 @@ def load_artifact(folder: str | Path) -> Artifact:
 
 
 def _finish(artifact: Artifact) -> Artifact:
-    write_json(artifact.path / "artifact.json", artifact.to_json())
+    if env_rank() != 0:
+        return artifact  # under torchrun the stage's outputs are rank 0's to record
+    atomic_write_json(artifact.path / "artifact.json", artifact.to_json(), sort_keys=True)
     return artifact
+
+
+def _check(contract: Any, path: Path, *, columns: Sequence[str] | None = None) -> None:
+    """Hold a table a stage wrote to its contract, naming the file on failure (read back lazily: only
+    the contract's columns, so a check costs little beside writing the table)."""
+    import polars as pl
+
+    names = pl.scan_parquet(path).collect_schema().names()
+    known = [c.name for c in contract.columns] + [c.name for cols in contract.conditional.values() for c in cols]
+    wanted = [n for n in dict.fromkeys(known) if n in names] if columns is None else list(columns)
+    contract.validate(pl.scan_parquet(path).select(wanted).collect(), source=path)
 
 
 def _folder(out: str | Path) -> Path:
@@ -184,14 +198,16 @@ def data(
     val: str | Path | None = None,
     test: str | Path | None = None,
     format: str = "auto",
+    max_users: int = 0,
     prepare: Mapping[str, Any] | None = None,
 ) -> DataArtifact:
     """Check-ins prepared with LLM4POI's rules: a synthetic city (``source="synthetic"``) or files in
     any format ``genrec_sftdata.read_checkins`` reads (``inputs``, or ``train``/``val``/``test`` files
-    whose split is kept)."""
+    whose split is kept). ``max_users``: after preparing all of them (so the POI and user filters see
+    the whole data), keep the first N users (by ``user_idx``) with a test check-in."""
     import polars as pl
 
-    from genrec_sftdata import PrepareConfig, read_checkins, synthesize_city
+    from genrec_sftdata import PrepareConfig, load_prepared, read_checkins, synthesize_city
     from genrec_sftdata import prepare as prepare_checkins
 
     folder = _folder(out)
@@ -211,6 +227,13 @@ def data(
         raise PipelineError(f"data: unknown source {source!r}; use 'synthetic' or 'files'")
     prepared = prepare_checkins(raw, out=folder, config=PrepareConfig(**dict(prepare or {})))
     files = {name: folder / f"{name}.parquet" for name in ("checkins", "train", "val", "test")}
+    if max_users:
+        tested = prepared.test["user_idx"].unique().sort().head(max_users).implode()
+        for path in files.values():
+            atomic_write_parquet(path, pl.read_parquet(path).filter(pl.col("user_idx").is_in(tested)))
+        prepared = load_prepared(folder)
+    for name in ("checkins", "train", "val", "test"):
+        _check(CHECKINS, files[name])
     files["stats"] = folder / "stats.json"
     split_stats = prepared.stats.get("splits", {})
     summary = {
@@ -271,6 +294,7 @@ def profile(
         **{"batch_size": batch_size, "users": users or None, "progress": progress, **dict(options or {})}
     )
     result = generate_profiles(_data_dir(data), config=config, client=client, out=folder / "profiles.parquet")
+    _check(PROFILES, Path(result.path))
     summary = {
         "users": result.n_users,
         "ok": result.n_ok,
@@ -304,6 +328,9 @@ def records(
     interactions: str | Path | None = None,
     ratings: str | Path | None = None,
     tallrec: Sequence[str | Path] = (),
+    genup: str | Path | None = None,
+    max_records: int = 0,
+    seed: int = 0,
     options: Mapping[str, Any] | None = None,
 ) -> RecordsArtifact:
     """SFT records per split (DESIGN.md §2).
@@ -311,7 +338,10 @@ def records(
     ``next_poi``: GenUP style from prepared check-ins (``data``), with each user's profile when given.
     ``seqrec``: BIGRec style from ``items`` (item_id, title) and ``interactions``. ``ctr``: TALLRec
     style, from TALLRec JSON files (``tallrec``; the split comes from each file's name) or from
-    ``ratings`` and ``items``.
+    ``ratings`` and ``items``. ``genup`` (next_poi): GenUP's published SFT records (a hub id such as
+    ``w11wo/FourSquare-NYC-POI``, or a ``save_to_disk`` folder) taken as they are, without ``data``
+    or ``profiles``. ``max_records``: at most N records per split (a seeded sample, in
+    record order). Every split is held to ``genrec_core.SFT_RECORDS`` before it is written.
     """
     import polars as pl
 
@@ -329,7 +359,11 @@ def records(
 
     folder = _folder(out)
     opts = dict(options or {})
-    if task == "next_poi":
+    if task == "next_poi" and genup:
+        from genrec_sftdata import read_genup_records
+
+        built = read_genup_records(genup)
+    elif task == "next_poi":
         if data is None:
             raise PipelineError("records: task next_poi needs the prepared check-ins (data)")
         profile_frame = None
@@ -354,14 +388,17 @@ def records(
         raise PipelineError(f"records: unknown task {task!r}; use next_poi, seqrec or ctr")
     files: dict[str, Path] = {}
     for split, frame in built.items():
+        if max_records and frame.height > max_records:
+            frame = frame.with_row_index("__row").sample(n=max_records, seed=seed).sort("__row").drop("__row")
+            built[split] = frame
         path = folder / f"{split}.parquet"
-        write_records(frame, path)
+        write_records(SFT_RECORDS.validate(frame, source=f"records {split} split"), path)
         files[split] = path
     if items:
         files["items"] = Path(items)
     summary = {split: frame.height for split, frame in built.items()}
     summary["task"] = task  # type: ignore[assignment]
-    schema = {split: RECORD_COLUMNS[:7] + TASK_COLUMNS[task] for split in built}
+    schema = {split: RECORD_COLUMNS + TASK_COLUMNS[task] for split in built}
     return _finish(RecordsArtifact(stage="records", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
 
 
@@ -435,10 +472,18 @@ def train(
     options: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = False,
+    distributed: Mapping[str, Any] | None = None,
 ) -> ModelArtifact:
     """Fine-tune on the training records (or the coreset's selection of them) with
     ``genrec_trainer``; ``options`` are ``TrainConfig`` fields on top of ``recipe``. Resumes from the
-    last checkpoint in ``out``."""
+    last checkpoint in ``out``.
+
+    ``distributed``: the ``[train]`` launch keys (``nproc_per_node``, ``nnodes``, ``node_rank``,
+    ``master_addr``, ``master_port``, ``rdzv_endpoint``, ``rdzv_id``); training then runs under
+    torchrun started from here (``-m genrec_trainer train --config <out>/train.toml``) and this
+    process reads the trainer's ``result.json``."""
+    from types import SimpleNamespace
+
     from genrec_trainer import train as run_training
 
     folder = _folder(out)
@@ -448,12 +493,24 @@ def train(
         train_path = records["train"]
     else:
         train_path = Path(records) / "train.parquet"
-    val_path = records["val"] if isinstance(records, Artifact) else Path(records) / "val.parquet"
+    val_path = records.files.get("val", Path()) if isinstance(records, Artifact) else Path(records) / "val.parquet"
     opts = {"seed": seed, "progress": progress, **dict(options or {})}
     if "val" not in opts and val_path.is_file() and _rows(val_path) > 0:
         opts["val"] = str(val_path)
     config = _train_config({"recipe": recipe, "options": opts}, train=str(train_path), output=str(folder))
-    result = run_training(config)
+    if distributed is not None:
+        from genrec_pipeline import _dist
+
+        (folder / "result.json").unlink(missing_ok=True)
+        _dist.launch(distributed, config, folder)
+        if not (folder / "result.json").is_file():
+            # Another node's rank 0 writes it (multi-node): this node has nothing to record.
+            return ModelArtifact(stage="train", path=folder, files={})
+        raw = read_json(folder / "result.json")
+        path_or_none = {k: Path(raw[k]) if raw.get(k) else None for k in ("adapter_dir", "model_dir", "log_path")}
+        result: Any = SimpleNamespace(**{**raw, **path_or_none})
+    else:
+        result = run_training(config)
     files = {"log": result.log_path}
     if result.adapter_dir is not None:
         files["adapter"] = result.adapter_dir
@@ -500,7 +557,7 @@ def coreset(
     ``method`` (ITRA by default). Writes the selection table, its JSON log, and the selected records."""
     import polars as pl
 
-    from genrec_otcoreset import compute_features, load_features, save_features, select
+    from genrec_otcoreset import compute_features, load_features, save_features, select, write_selection
 
     folder = _folder(out)
     opts = dict(options or {})
@@ -553,31 +610,16 @@ def coreset(
         **opts,
     )
     order = [int(i) for i in result.indices]
-    rank = dict.fromkeys(range(train_records.height), -1) | {i: r for r, i in enumerate(order)}
-    table = pl.DataFrame(
-        {
-            "record_id": train_records["record_id"],
-            "selected": [rank[i] >= 0 for i in range(train_records.height)],
-            "rank": [rank[i] for i in range(train_records.height)],
-        }
+    write_selection(
+        folder / "selection.parquet",
+        train_records["record_id"].cast(pl.String).to_list(),
+        result,
+        n_val=val_records.height,
+        lam=lam,
+        labels="labels" in opts,
     )
-    table.write_parquet(folder / "selection.parquet.tmp")
-    Path(folder / "selection.parquet.tmp").replace(folder / "selection.parquet")
     selected = train_records[order]
-    selected.write_parquet(folder / "train.parquet.tmp")
-    Path(folder / "train.parquet.tmp").replace(folder / "train.parquet")
-    log_payload = {
-        "method": result.method,
-        "budget": n_select,
-        "pool": train_records.height,
-        "validation": val_records.height,
-        "lambda": lam,
-        "poo_trace": list(result.trace),
-        "poo": result.poo,
-        "swaps": result.swaps,
-        "seconds": result.seconds,
-    }
-    write_json(folder / "selection.json", log_payload)
+    atomic_write_parquet(folder / "train.parquet", selected)
     summary = {"method": result.method, "selected": n_select, "pool": train_records.height,
                "poo": round(result.poo, 5), "swaps": result.swaps}  # fmt: skip
     if len(result.trace) > 1:
@@ -638,11 +680,16 @@ def evaluate(
     if base is None and not (task == "next_poi" and mode == "none"):
         raise PipelineError("evaluate: needs a model (the train stage's output or a model path)")
     if task == "next_poi":
-        if data is None:
-            raise PipelineError("evaluate: next_poi needs the prepared check-ins (data)")
-        checkins = pl.read_parquet(data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet")
+        if data is None and mode == "none":
+            raise PipelineError("evaluate: next_poi baselines alone (mode none) need the prepared check-ins (data)")
+        # Without check-ins (GenUP's published records) the baselines are fitted on the records' histories.
+        checkins = (
+            None
+            if data is None
+            else pl.read_parquet(data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet")
+        )
         if mode == "none":
-            result = ev.run_baselines(frame, checkins)
+            result = ev.run_baselines(frame, checkins)  # type: ignore[arg-type]
         else:
             config = ev.NextPoiConfig(mode=mode, progress=progress, **opts)  # type: ignore[arg-type]
             result = ev.evaluate_next_poi(frame, model=base, adapter=adapter, train=checkins, config=config)  # type: ignore[arg-type]
@@ -661,6 +708,8 @@ def evaluate(
     files = {"metrics": folder / "metrics.json", "report": folder / "report.md", "run": folder / "run.json"}
     if (folder / "predictions.parquet").is_file():
         files["predictions"] = folder / "predictions.parquet"
+        if task == "next_poi":  # the contract's ranked lists are POI ids; other tasks write their own
+            _check(PREDICTIONS, files["predictions"])
     for png in sorted((folder / "plots").glob("*.png")):
         files[f"plot_{png.stem}"] = png
     key = {"next_poi": "acc@1", "seqrec": "ndcg@10", "ctr": "auc"}[task]
