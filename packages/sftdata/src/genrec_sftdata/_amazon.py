@@ -37,6 +37,7 @@ import numpy as np
 import polars as pl
 
 from genrec_core import SFT_RECORDS
+from genrec_sftdata._checks import check_bool, check_int, check_number
 from genrec_sftdata._contract import SPLITS, validated
 from genrec_sftdata._errors import SftDataError
 
@@ -177,6 +178,12 @@ def read_amazon_meta(path: str | os.PathLike[str], *, goracs_regex: str | None =
     )
 
 
+#: Upper bounds of :class:`GoracsConfig` (README, "Amazon reviews and GORACS").
+MAX_HISTORY = 10_000
+MAX_TITLE_LEN = 10_000
+MAX_NEGATIVES = 100_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class GoracsConfig:
     """GORACS's preparation of an Amazon domain; ``None`` fields take the domain's published value."""
@@ -198,10 +205,20 @@ class GoracsConfig:
     seed: int = field(default=42, metadata={"help": "seed of the negative sampling"})
 
     def __post_init__(self) -> None:
+        c = "GoracsConfig"
         if self.domain not in DOMAINS:
             raise SftDataError(f"GoracsConfig: field domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.append_brand not in (None, "never", "present", "nonempty"):
             raise SftDataError(f"GoracsConfig: field append_brand must be never, present or nonempty, got {self.append_brand!r}")
+        check_int(c, "history_len", self.history_len, lo=1, hi=MAX_HISTORY)
+        check_int(c, "min_title_len", self.min_title_len, lo=0, hi=MAX_TITLE_LEN, optional=True)
+        check_int(c, "min_history", self.min_history, lo=-1, hi=MAX_HISTORY)
+        check_int(c, "test_size", self.test_size, lo=0, optional=True)
+        check_int(c, "valid_size", self.valid_size, lo=0, optional=True)
+        check_number(c, "split_frac", self.split_frac, lo=0, lo_open=True, hi=0.5, optional=True)
+        check_bool(c, "published_titles", self.published_titles)
+        check_int(c, "num_negatives", self.num_negatives, lo=0, hi=MAX_NEGATIVES)
+        check_int(c, "seed", self.seed, lo=0)
 
     def resolved(self) -> dict[str, Any]:
         d = self.domain

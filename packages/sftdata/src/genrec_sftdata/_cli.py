@@ -13,6 +13,7 @@ from typing import Any
 
 from genrec_core import add_config_args, config_from_args, run_main
 from genrec_sftdata import __version__
+from genrec_sftdata._contract import read_frame
 from genrec_sftdata._errors import SftDataError
 
 PROG = "genrec-sftdata"
@@ -121,8 +122,20 @@ def _stats_table(stats: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+#: Commands whose ``--out`` is locked before any input is read (a second run stops at once).
+_LOCKED = {"synth", "prepare", "build", "genup-records", "goracs", "recbole"}
+
+
 def _run(args: argparse.Namespace) -> int:
-    import polars as pl
+    if args.command in _LOCKED:
+        from genrec_sftdata._writers import output_lock
+
+        with output_lock(args.out):
+            return _run_command(args)
+    return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
 
     import genrec_sftdata as g
     from genrec_sftdata._nextpoi import NextPoiConfig
@@ -168,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
                 from transformers import AutoTokenizer
 
                 tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-            profiles = pl.read_parquet(args.profiles) if args.profiles else None
+            profiles = read_frame(args.profiles, what="profiles") if args.profiles else None
             records = g.build_next_poi(args.data, profiles, config=cfg, tokenizer=tokenizer)
         else:
             records = _build_other(args)
@@ -191,10 +204,20 @@ def _run(args: argparse.Namespace) -> int:
         tasks = ("seqrec", "ctr") if args.task == "both" else (args.task,)
         reviews = g.read_amazon_reviews(args.reviews)
         meta = g.read_amazon_meta(args.meta, goracs_regex=cfg.domain if cfg.published_titles else None)
-        for task in tasks:
-            recs = g.build_goracs(reviews, meta, task=task, config=cfg)
+        built = {task: g.build_goracs(reviews, meta, task=task, config=cfg) for task in tasks}
+        if len(tasks) == 1:
+            g.write_records(built[tasks[0]], args.out, format=args.write_format)
+        else:
+            from genrec_sftdata._writers import write_set
+
+            # Both tasks in one set: a run killed between them must not leave new seqrec beside old ctr.
+            def write(tmp: Path) -> None:
+                for task, recs in built.items():
+                    g.write_records(recs, tmp / task, format=args.write_format)
+
+            write_set(args.out, write, what="output folder")
+        for task, recs in built.items():
             dest = args.out / task if len(tasks) > 1 else args.out
-            g.write_records(recs, dest, format=args.write_format)
             counts = ", ".join(f"{k}={v.height}" for k, v in recs.items())
             print(f"wrote GORACS {cfg.domain} {task} records to {dest}: {counts}")
         return 0
@@ -237,8 +260,6 @@ def _fetch_cmd(args: argparse.Namespace) -> int:
 
 
 def _recbole_cmd(args: argparse.Namespace) -> int:
-    import polars as pl
-
     import genrec_sftdata as g
     from genrec_sftdata._seqrec import _frame
 
@@ -259,15 +280,13 @@ def _recbole_cmd(args: argparse.Namespace) -> int:
     names = {"inter": "interactions", "item": "items", "user": "users"}
 
     def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
         for kind, frame in tables.items():
             frame.write_parquet(tmp / f"{names.get(kind, kind)}.parquet")
 
-    from genrec_core import atomic_write_dir
+    from genrec_sftdata._writers import write_set
 
-    atomic_write_dir(args.out, write)
+    write_set(args.out, write, what="output folder")
     print(f"wrote {', '.join(names.get(k, k) + '.parquet' for k in tables)} to {args.out}")
-    del pl
     return 0
 
 

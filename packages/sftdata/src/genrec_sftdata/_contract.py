@@ -13,7 +13,10 @@ import polars as pl
 from genrec_core import CHECKINS, RAW_CHECKINS, SPLITS, Contract, ContractError
 from genrec_sftdata._errors import SftDataError
 
-__all__ = ["PREPARED_COLUMNS", "RAW_COLUMNS", "SPLITS", "normalize_checkins", "require_columns", "validated"]
+__all__ = [
+    "PREPARED_COLUMNS", "RAW_COLUMNS", "SPLITS", "normalize_checkins", "read_frame", "require_columns", "string_ids",
+    "validated",
+]
 
 RAW_COLUMNS: dict[str, Any] = RAW_CHECKINS.schema
 PREPARED_COLUMNS: dict[str, Any] = CHECKINS.schema
@@ -113,3 +116,44 @@ def normalize_checkins(df: pl.DataFrame, *, source: str) -> pl.DataFrame:
     return df.with_columns(
         pl.col("category_id").fill_null("unknown"), pl.col("category_name").fill_null("Unknown")
     )
+
+
+def string_ids(
+    frame: pl.DataFrame, ids: tuple[str, ...] = ("user_id",), *, ints: tuple[str, ...] = (), source: str
+) -> pl.DataFrame:
+    """``frame`` with its identifier columns (those present) as strings and ``ints`` as Int64, cast by
+    genrec_core's contract rules: a float id that is integral becomes ``"1"``, never ``"1.0"``, and any
+    other float is an error naming the row. ``ints`` columns are only touched when they are floats."""
+    from genrec_core import Column
+
+    cols = tuple(Column(c, pl.String, required=False) for c in ids if c in frame.columns)
+    # Integer columns are checked only when float (where 1.5 would truncate); text ids cast later.
+    cols += tuple(Column(c, pl.Int64, required=False) for c in ints if c in frame.columns and frame.schema[c].is_float())
+    if not cols:
+        return frame
+    return validated(Contract(name="ids", doc="", columns=cols), frame, source=source)
+
+
+def read_frame(path: str | os.PathLike[str], *, what: str = "table", **csv_options: Any) -> pl.DataFrame:
+    """A parquet, CSV or JSON-lines file (by its ending; anything else is read as parquet) as a frame.
+    A missing, empty or unreadable file is one line naming it and what it was expected to be."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such {what} file")
+    if p.is_dir():
+        raise SftDataError(f"{p}: is a folder, expected a {what} file (.parquet, .csv or .jsonl)")
+    suffix = p.suffix.lower()
+    kind = "CSV" if suffix in (".csv", ".tsv", ".txt") else "JSON-lines" if suffix in (".jsonl", ".ndjson") else "parquet"
+    if p.stat().st_size == 0:
+        raise SftDataError(f"{p}: empty file, expected a {kind} {what} file")
+    try:
+        if kind == "CSV":
+            return pl.read_csv(p, infer_schema_length=10_000, **csv_options)
+        if kind == "JSON-lines":
+            return pl.read_ndjson(p)
+        return pl.read_parquet(p)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise SftDataError(f"{p}: not a readable {kind} {what} file ({first.strip()})") from exc

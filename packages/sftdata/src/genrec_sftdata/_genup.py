@@ -15,7 +15,7 @@ from typing import Literal
 import polars as pl
 
 from genrec_core import SFT_RECORDS
-from genrec_sftdata._contract import require_columns, validated
+from genrec_sftdata._contract import read_frame, require_columns, validated
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._genup_build import genup_completion_expr, genup_prompt_expr
 from genrec_sftdata._nextpoi import TIME_FORMAT
@@ -32,12 +32,13 @@ def _split_of(name: str) -> str:
 
 
 def _read_file(path: Path) -> pl.DataFrame:
-    if path.suffix == ".parquet":
-        return pl.read_parquet(path)
-    if path.suffix in (".jsonl", ".ndjson"):
-        return pl.read_ndjson(path)
+    if path.suffix in (".parquet", ".jsonl", ".ndjson"):
+        return read_frame(path, what="GenUP records")
     if path.suffix == ".json":
-        return pl.read_json(path)
+        try:
+            return pl.read_json(path)
+        except (pl.exceptions.PolarsError, ValueError) as exc:
+            raise SftDataError(f"{path}: not a readable JSON file of GenUP records ({exc})") from exc
     raise SftDataError(f"{path}: expected a .parquet, .jsonl or .json file of GenUP records")
 
 

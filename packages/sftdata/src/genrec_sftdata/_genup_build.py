@@ -24,7 +24,7 @@ from typing import Any, Literal
 import polars as pl
 
 from genrec_core import CHECKINS, SFT_RECORDS
-from genrec_sftdata._contract import require_columns, validated
+from genrec_sftdata._contract import require_columns, string_ids, validated
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._nextpoi import TIME_FORMAT, NextPoiConfig
 from genrec_sftdata._prepare import PreparedData, load_prepared
@@ -141,6 +141,7 @@ def genup_profiles_map(profiles: pl.DataFrame | Mapping[str, Mapping[str, Any]] 
     if isinstance(profiles, Mapping):
         return {str(k): dict(v) for k, v in profiles.items()}
     require_columns(profiles, ["user_id"], source="profiles")
+    profiles = string_ids(profiles, source="profiles")
     out: dict[str, dict[str, Any]] = {}
     for row in profiles.iter_rows(named=True):
         if row.get("status") == "failed" and not (isinstance(row.get("raw"), str) and row["raw"].strip()):

@@ -11,11 +11,16 @@ import numpy as np
 import polars as pl
 
 from genrec_core import CHECKINS, SFT_RECORDS
-from genrec_sftdata._contract import SPLITS, require_columns, validated
+from genrec_sftdata._checks import check_bool, check_int, check_str
+from genrec_sftdata._contract import SPLITS, require_columns, string_ids, validated
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._prepare import PreparedData, load_prepared
 
 logger = logging.getLogger(__name__)
+
+#: Upper bounds of :class:`NextPoiConfig` (README, "SFT records"): far above any context window.
+MAX_HISTORY = 100_000
+MAX_LENGTH = 10_000_000
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DEFAULT_SYSTEM = (
@@ -67,6 +72,14 @@ class NextPoiConfig:
     )
 
     def __post_init__(self) -> None:
+        c = "NextPoiConfig"
+        check_bool(c, "every_prefix", self.every_prefix)
+        check_int(c, "max_history", self.max_history, lo=1, hi=MAX_HISTORY, optional=True)
+        check_int(c, "history_checkins", self.history_checkins, lo=0, hi=MAX_HISTORY)
+        check_str(c, "system_prompt", self.system_prompt)
+        check_int(c, "max_length", self.max_length, lo=1, hi=MAX_LENGTH, optional=True)
+        if isinstance(self.splits, str) or not isinstance(self.splits, (tuple, list)):
+            raise SftDataError(f"NextPoiConfig: field splits must be a tuple of split names, got {self.splits!r}")
         if self.protocol not in ("genrec", "genup"):
             raise SftDataError(f"NextPoiConfig: field protocol must be 'genrec' or 'genup', got {self.protocol!r}")
         if self.profile_fields not in ("summary", "summary+routines+preferences", "all"):
@@ -162,6 +175,7 @@ def profile_system_expr(default: str, profile_fields: str = "all") -> pl.Expr:
 
 def _profiles_frame(profiles: pl.DataFrame) -> pl.DataFrame:
     require_columns(profiles, ["user_id", *PROFILE_COLUMNS], source="profiles")
+    profiles = string_ids(profiles, source="profiles")
     usable = pl.lit(True)
     if "status" in profiles.columns:
         usable = pl.col("status").fill_null("failed") != "failed"

@@ -12,11 +12,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from genrec_core import CHECKINS, atomic_write_json, atomic_write_parquet
+from genrec_core import CHECKINS
+from genrec_sftdata._checks import check_bool, check_int, check_number
 from genrec_sftdata._contract import PREPARED_COLUMNS, SPLITS, normalize_checkins, validated
 from genrec_sftdata._errors import SftDataError
 
 logger = logging.getLogger(__name__)
+
+#: Upper bounds of :class:`PrepareConfig` (README, "Preprocessing").
+MAX_MIN_COUNT = 1_000_000_000
+MAX_GAP_HOURS = 1_000_000.0
 
 Source = pl.DataFrame | pl.LazyFrame | str | Path | Sequence[str | Path] | Mapping[str, Any]
 
@@ -46,13 +51,19 @@ class PrepareConfig:
     )
 
     def __post_init__(self) -> None:
-        if not (0 < self.train_frac <= 1 and self.val_frac >= 0 and self.train_frac + self.val_frac <= 1):
+        c = "PrepareConfig"
+        for name in ("min_poi_checkins", "min_user_checkins", "min_trajectory_checkins"):
+            check_int(c, name, getattr(self, name), lo=0, hi=MAX_MIN_COUNT)
+        check_number(c, "train_frac", self.train_frac, lo=0, lo_open=True, hi=1)
+        check_number(c, "val_frac", self.val_frac, lo=0, hi=1, hi_open=True)
+        if self.train_frac + self.val_frac > 1 + 1e-12:
             raise SftDataError(
-                f"PrepareConfig: fields train_frac/val_frac must satisfy 0 < train_frac, "
-                f"train_frac + val_frac <= 1; got {self.train_frac!r}, {self.val_frac!r}"
+                f"PrepareConfig: fields train_frac + val_frac must be <= 1, got {self.train_frac!r} + {self.val_frac!r}"
             )
-        if self.max_gap_hours <= 0:
-            raise SftDataError(f"PrepareConfig: field max_gap_hours must be > 0, got {self.max_gap_hours!r}")
+        # The gap becomes a duration in microseconds (int64): a bound far above any real gap.
+        check_number(c, "max_gap_hours", self.max_gap_hours, lo=0, lo_open=True, hi=MAX_GAP_HOURS)
+        for name in ("drop_unseen", "drop_duplicates", "keep_split"):
+            check_bool(c, name, getattr(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,15 +145,36 @@ def split_stats(checkins: pl.DataFrame) -> dict[str, dict[str, int]]:
     return out
 
 
-def prepare(source: Source, *, out: str | Path | None = None, config: PrepareConfig | None = None) -> PreparedData:
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n"
+
+
+def prepare(
+    source: Source,
+    *,
+    out: str | Path | None = None,
+    config: PrepareConfig | None = None,
+    extra_files: Mapping[str, Any] | None = None,
+) -> PreparedData:
     """Apply LLM4POI's preprocessing to raw check-ins and return (and optionally write) the tables.
 
     ``source`` is a frame, a path (any format :func:`read_checkins` knows), a list of paths, or a
     mapping ``{"train": ..., "val": ..., "test": ...}`` of already-split inputs (kept as given when
     ``config.keep_split``). With ``out``, writes ``{checkins,train,val,test}.parquet`` and
-    ``stats.json`` there atomically.
+    ``stats.json`` there as one set (plus ``extra_files``, name -> JSON object, in the same set), under
+    the folder's lock, taken before the input is read.
     """
     cfg = config or PrepareConfig()
+    if out is None:
+        return _prepare(source, cfg, None, {})
+    from genrec_sftdata._writers import output_lock
+
+    # Locked before the input is read: a second run into the same folder stops at once.
+    with output_lock(out, what="prepared-data folder") as path:
+        return _prepare(source, cfg, path, extra_files or {})
+
+
+def _prepare(source: Source, cfg: PrepareConfig, out: Path | None, extra_files: Mapping[str, Any]) -> PreparedData:
     df, name, given_split = _load(source)
     given_split = given_split and cfg.keep_split
     removed: dict[str, int] = {}
@@ -262,11 +294,16 @@ def prepare(source: Source, *, out: str | Path | None = None, config: PrepareCon
     parts = {s: df.filter(pl.col("split") == s) for s in SPLITS}
     path = None
     if out is not None:
-        path = Path(out)
-        path.mkdir(parents=True, exist_ok=True)
-        for fname, frame in (("checkins", df), *parts.items()):
-            atomic_write_parquet(path / f"{fname}.parquet", frame)
-        atomic_write_json(path / "stats.json", stats)
+        from genrec_sftdata._writers import write_set
+
+        def write(tmp: Path) -> None:
+            for fname, frame in (("checkins", df), *parts.items()):
+                frame.write_parquet(tmp / f"{fname}.parquet")
+            (tmp / "stats.json").write_text(_json(stats), encoding="utf-8")
+            for fname, obj in extra_files.items():
+                (tmp / fname).write_text(_json(obj), encoding="utf-8")
+
+        path = write_set(out, write, what="prepared-data folder")
         logger.info("prepare: wrote %s/{checkins,train,val,test}.parquet and stats.json", path)
     return PreparedData(checkins=df, train=parts["train"], val=parts["val"], test=parts["test"], stats=stats, path=path)
 

@@ -11,7 +11,8 @@ from typing import Literal
 
 import polars as pl
 
-from genrec_sftdata._contract import normalize_checkins, require_columns
+from genrec_core.models import is_hub_id
+from genrec_sftdata._contract import normalize_checkins, read_frame, require_columns, string_ids
 from genrec_sftdata._errors import SftDataError
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,6 @@ logger = logging.getLogger(__name__)
 ReadFormat = Literal["auto", "getnext", "tsmc", "gowalla", "parquet", "csv", "hf"]
 FORMATS = ("auto", "getnext", "tsmc", "gowalla", "parquet", "csv", "hf")
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Gowalla-CA as LLM4POI ships it: "[{'url': '/categories/1', 'name': 'Coffee Shop'}]".
 _CAT_NAME = r"'name':\s*'((?:[^'\\]|\\.)*)'"
 _CAT_URL = r"'url':\s*'/categories/(\d+)'"
@@ -30,19 +30,30 @@ def _first_line(path: Path) -> str:
         return fh.readline(65536).decode("latin-1").rstrip("\r\n")
 
 
+def _parquet_columns(path: Path) -> list[str]:
+    try:
+        return list(pl.read_parquet_schema(path))
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise SftDataError(f"{path}: not a readable parquet file ({first.strip()})") from exc
+
+
 def sniff_format(path: str | Path) -> str:
     """The format of ``path`` from its layout, header or first line."""
     p = Path(path)
     if not p.exists():
-        if isinstance(path, str) and _HUB_ID.match(path):
+        # Only a bare ``org/name`` may mean the hub: ``bad/nope.csv`` is a missing file, not a lookup.
+        if isinstance(path, str) and is_hub_id(path):
             return "hf"
         raise FileNotFoundError(f"{path}: no such file or folder")
     if p.is_dir():
         if any((p / m).exists() for m in _HF_MARKERS):
             return "hf"
         raise SftDataError(f"{p}: a folder but not a Hugging Face dataset (no {' / '.join(_HF_MARKERS)})")
+    if p.stat().st_size == 0:
+        raise SftDataError(f"{p}: empty file, expected check-ins")
     if p.suffix == ".parquet":
-        cols = pl.read_parquet_schema(p)
+        cols = _parquet_columns(p)
         return "getnext" if ("POI_id" in cols or "PoiId" in cols) else "parquet"
     line = _first_line(p)
     tabs = line.split("\t")
@@ -99,20 +110,32 @@ def _read_one(item: str | Path, fmt: str, spots: str | Path | None) -> pl.DataFr
     path = Path(item)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SftDataError(f"{path}: empty file, expected check-ins")
     if fmt == "getnext":
-        frame = pl.read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
+        frame = read_frame(path, what="check-in") if path.suffix == ".parquet" else _read_csv(path)
         frame = from_getnext(frame, source=name)
     elif fmt == "tsmc":
         frame = _read_tsmc(path)
     elif fmt == "gowalla":
         frame = _read_gowalla(path, spots)
     elif fmt == "parquet":
-        frame = pl.read_parquet(path)
+        if path.suffix.lower() in (".csv", ".jsonl", ".ndjson"):
+            raise SftDataError(f"{path}: --format parquet, but the file is named like a {path.suffix} file")
+        frame = _read_parquet(path)
     elif fmt == "csv":
         frame = _read_csv(path, try_parse_dates=True)
     else:  # pragma: no cover - guarded by read_checkins
         raise SftDataError(f"{name}: unknown format {fmt!r}")
     return normalize_checkins(frame, source=name)
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise SftDataError(f"{path}: not a readable parquet file ({first.strip()})") from exc
 
 
 def _read_csv(path: Path, **kwargs: object) -> pl.DataFrame:
@@ -169,6 +192,8 @@ def from_getnext(frame: pl.DataFrame, *, source: str = "GETNext CSV") -> pl.Data
     rename = {k: v for k, v in _LLM4POI_NAMES.items() if k in frame.columns and v not in frame.columns}
     frame = frame.rename(rename)
     require_columns(frame, ["user_id", "POI_id", "latitude", "longitude", "UTC_time"], source=source)
+    # Ids through a float column (pandas with NaNs) are "1", never "1.0"; 1.5 is an error naming the row.
+    frame = string_ids(frame, ("user_id", "POI_id", "POI_catid"), source=source)
     utc_raw = frame["UTC_time"].cast(pl.String).drop_nulls().head(1)
     sample = utc_raw[0] if len(utc_raw) else ""
     # "2012-11-09 21:54:47+00:00" (GETNext) or "2012-04-03 18:00:09" or "Tue Apr 03 ... 2012".

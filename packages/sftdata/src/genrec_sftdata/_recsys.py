@@ -14,7 +14,6 @@ from pathlib import Path
 
 import polars as pl
 
-from genrec_core import atomic_write_dir
 from genrec_sftdata._errors import SftDataError
 
 ML100K_GENRES = (
@@ -250,7 +249,6 @@ def write_recbole(
     tables = {"inter": inter, "item": item, "user": user}
 
     def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
         for kind, frame in tables.items():
             if frame is None:
                 continue
@@ -277,4 +275,6 @@ def write_recbole(
             lines += ["\t".join("" if v is None else v for v in row) for row in body.iter_rows()]
             (tmp / f"{name}.{kind}").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    return atomic_write_dir(out, write)
+    from genrec_sftdata._writers import write_set
+
+    return write_set(out, write, what="RecBole folder")

@@ -12,10 +12,16 @@ import numpy as np
 import polars as pl
 
 from genrec_core import SFT_RECORDS
-from genrec_sftdata._contract import SPLITS, require_columns, validated
+from genrec_sftdata._checks import check_int, check_number, check_str
+from genrec_sftdata._contract import SPLITS, read_frame, require_columns, string_ids, validated
 from genrec_sftdata._errors import SftDataError
 
 logger = logging.getLogger(__name__)
+
+#: Upper bounds of :class:`SeqRecConfig` / :class:`CtrConfig` (README, "SFT records"): a history longer
+#: than any prompt can hold, negatives beyond any candidate list.
+MAX_HISTORY = 10_000
+MAX_NEGATIVES = 100_000
 
 ALPACA_HEADER = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -40,16 +46,13 @@ def _messages(system: pl.Expr, user: pl.Expr, assistant: pl.Expr) -> pl.Expr:
 
 
 def _frame(obj: pl.DataFrame | str | Path, what: str) -> pl.DataFrame:
+    """A table given as a frame or a file, with ``user_id`` as strings and ``item_id`` as integers by the
+    contract rules (a float id 1.0 is user ``"1"``; 1.5 is an error naming the row)."""
     if isinstance(obj, pl.DataFrame):
-        return obj
-    path = Path(obj)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such {what} file")
-    if path.suffix == ".parquet":
-        return pl.read_parquet(path)
-    if path.suffix in (".jsonl", ".ndjson"):
-        return pl.read_ndjson(path)
-    return pl.read_csv(path, try_parse_dates=True)
+        frame, source = obj, what
+    else:
+        frame, source = read_frame(obj, what=what, try_parse_dates=True), str(obj)
+    return string_ids(frame, ("user_id",), ints=("item_id",), source=source)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,11 +71,21 @@ class SeqRecConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.history_len < 1 or self.num_negatives < 0:
-            raise SftDataError(
-                f"SeqRecConfig: fields history_len >= 1 and num_negatives >= 0, got {self.history_len!r}, "
-                f"{self.num_negatives!r}"
-            )
+        c = "SeqRecConfig"
+        check_int(c, "history_len", self.history_len, lo=1, hi=MAX_HISTORY)
+        check_int(c, "num_negatives", self.num_negatives, lo=0, hi=MAX_NEGATIVES)
+        check_int(c, "seed", self.seed, lo=0)
+        _check_fracs(c, self.train_frac, self.val_frac)
+        check_str(c, "item_noun", self.item_noun)
+        check_str(c, "verb", self.verb)
+        check_int(c, "max_records_per_split", self.max_records_per_split, lo=1, optional=True)
+
+
+def _check_fracs(owner: str, train_frac: Any, val_frac: Any) -> None:
+    check_number(owner, "train_frac", train_frac, lo=0, lo_open=True, hi=1)
+    check_number(owner, "val_frac", val_frac, lo=0, hi=1, hi_open=True)
+    if train_frac + val_frac > 1 + 1e-12:
+        raise SftDataError(f"{owner}: fields train_frac + val_frac must be <= 1, got {train_frac!r} + {val_frac!r}")
 
 
 def _seq_targets(interactions: pl.DataFrame, cfg: SeqRecConfig, source: str) -> pl.DataFrame:
@@ -291,6 +304,13 @@ class CtrConfig:
     train_frac: float = field(default=0.8, metadata={"help": "global chronological split"})
     val_frac: float = field(default=0.1, metadata={"help": "global chronological split"})
     item_noun: str = field(default="movie", metadata={"help": "what the items are, in the prompt"})
+
+    def __post_init__(self) -> None:
+        c = "CtrConfig"
+        check_int(c, "history_len", self.history_len, lo=1, hi=MAX_HISTORY)
+        check_number(c, "positive_threshold", self.positive_threshold)
+        _check_fracs(c, self.train_frac, self.val_frac)
+        check_str(c, "item_noun", self.item_noun)
 
 
 def _ctr_texts(instruction: pl.Expr, inp: pl.Expr, output: pl.Expr) -> dict[str, pl.Expr]:

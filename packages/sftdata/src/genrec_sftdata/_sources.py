@@ -11,7 +11,6 @@ from typing import Any
 
 import polars as pl
 
-from genrec_core import atomic_write_dir, atomic_write_json
 from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._fetch import SOURCES, extracted, fetch
 
@@ -19,13 +18,14 @@ logger = logging.getLogger(__name__)
 
 
 def _tables(out: Path, tables: dict[str, pl.DataFrame], meta: dict[str, Any]) -> None:
+    from genrec_sftdata._writers import write_set
+
     def write(tmp: Path) -> None:
-        tmp.mkdir(parents=True)
         for name, frame in tables.items():
             frame.write_parquet(tmp / f"{name}.parquet")
         (tmp / "source.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
-    atomic_write_dir(out, write)
+    write_set(out, write, what="prepared-data folder")
 
 
 def _llm4poi_splits(folder: Path, city: str) -> dict[str, Path]:
@@ -62,14 +62,35 @@ def prepare_fetched(
     records (``seqrec/``, ``ctr/``; ``GoracsConfig`` fields as ``options``); GenUP's hub sets become
     next-POI SFT records. ``out`` is written as one set.
     """
+    from genrec_sftdata._writers import output_lock
+
     source = SOURCES.get(name)
     if source is None:
         fetch(name)  # raises the unknown-name error with the list
         raise AssertionError  # pragma: no cover
-    folder = fetch(name, cache=cache, base_url=base_url)
-    out = Path(out)
-    info = {"dataset": name, "urls": list(source.urls), "hub_id": source.hub_id, "options": options}
     kind = source.kind
+    # Options are checked before anything is downloaded, and the folder locked before anything is read.
+    cfg: Any = None
+    if kind in ("tsmc", "gowalla", "llm4poi"):
+        from genrec_sftdata._prepare import PrepareConfig
+
+        cfg = PrepareConfig(**options)
+    elif kind == "amazon":
+        from genrec_sftdata._amazon import GoracsConfig
+
+        cfg = GoracsConfig(domain=source.options["domain"], **options)
+    with output_lock(out, what="prepared-data folder") as path:
+        return _prepare_fetched(name, source, kind, cfg, path, cache=cache, base_url=base_url, options=options)
+
+
+def _prepare_fetched(
+    name: str, source: Any, kind: str, cfg: Any, out: Path, *, cache: Any, base_url: str | None,
+    options: dict[str, Any],
+) -> Path:
+    from genrec_sftdata._writers import write_records, write_set
+
+    folder = fetch(name, cache=cache, base_url=base_url)
+    info = {"dataset": name, "urls": list(source.urls), "hub_id": source.hub_id, "options": options}
     if kind in ("movielens-100k", "movielens-1m", "bookcrossing"):
         from genrec_sftdata._recsys import read_bookcrossing, read_movielens
 
@@ -79,10 +100,9 @@ def prepare_fetched(
         logger.info("prepared %s: %d interactions, %d items", name, inter.height, items.height)
         return out
     if kind in ("tsmc", "gowalla", "llm4poi"):
-        from genrec_sftdata._prepare import PrepareConfig, prepare
+        from genrec_sftdata._prepare import prepare
         from genrec_sftdata._readers import read_checkins
 
-        cfg = PrepareConfig(**options)
         if kind == "llm4poi":
             splits = _llm4poi_splits(folder, source.options["city"])
             data: Any = {s: read_checkins(p, format="getnext") for s, p in splits.items()}
@@ -90,33 +110,30 @@ def prepare_fetched(
             member = source.options.get("member") or source.files[0].removesuffix(".gz")
             raw = extracted(folder / source.files[0], member)
             data = read_checkins(raw, format=kind)
-        prepared = prepare(data, out=out, config=cfg)
-        atomic_write_json(out / "source.json", info)
+        prepared = prepare(data, out=out, config=cfg, extra_files={"source.json": info})
         logger.info("prepared %s: %s", name, prepared.stats.get("splits", {}).get("all", {}))
         return out
     if kind == "amazon":
-        from genrec_sftdata._amazon import GoracsConfig, build_goracs, read_amazon_meta, read_amazon_reviews
-        from genrec_sftdata._writers import write_records
+        from genrec_sftdata._amazon import build_goracs, read_amazon_meta, read_amazon_reviews
 
-        cfg = GoracsConfig(domain=source.options["domain"], **options)
         reviews_file, meta_file = (folder / f for f in source.files)
         reviews = read_amazon_reviews(reviews_file)
         meta = read_amazon_meta(meta_file, goracs_regex=cfg.domain if cfg.published_titles else None)
         records = {task: build_goracs(reviews, meta, task=task, config=cfg) for task in ("seqrec", "ctr")}
 
         def write(tmp: Path) -> None:
-            tmp.mkdir(parents=True)
             reviews.write_parquet(tmp / "interactions.parquet")
             meta.write_parquet(tmp / "items.parquet")
             for task, recs in records.items():
-                write_records(recs, tmp / task)
+                (tmp / task).mkdir()
+                for split, frame in recs.items():
+                    frame.write_parquet(tmp / task / f"{split}.parquet")
             (tmp / "source.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
-        atomic_write_dir(out, write)
+        write_set(out, write, what="prepared-data folder")
         return out
     if kind == "genup":
         from genrec_sftdata._genup import read_genup_records
-        from genrec_sftdata._writers import write_records
 
         records = read_genup_records(folder, protocol=options.get("protocol", "genrec"))
         write_records(records, out)

@@ -17,9 +17,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from genrec_sftdata._checks import check_bool, check_int, check_number, check_str
 from genrec_sftdata._errors import SftDataError
 
 logger = logging.getLogger(__name__)
+
+#: Upper bounds of :class:`CityConfig` (README, "The synthetic city").
+MAX_USERS = 10_000_000
+MAX_POIS = 100_000_000
+MAX_NEIGHBOURHOODS = 1_000_000
+MAX_CHECKINS_PER_USER = 100_000
+MAX_DAILY_CHECKINS = 1_000
+MAX_DAYS = 36_600
+MAX_CHECKINS = 2_000_000_000
 
 # (parent, name) pairs: a small Foursquare-like taxonomy.
 _TAXONOMY: tuple[tuple[str, str], ...] = (
@@ -143,31 +153,37 @@ class CityConfig:
     progress: bool = field(default=False, metadata={"help": "show a progress bar over user chunks"})
 
     def __post_init__(self) -> None:
-        if self.n_users < 1:
-            raise SftDataError(f"synthesize_city: field n_users must be >= 1, got {self.n_users!r}")
-        if self.n_pois is not None and self.n_pois < len(_TAXONOMY):
-            raise SftDataError(
-                f"synthesize_city: field n_pois must be >= {len(_TAXONOMY)} (one per category), "
-                f"got {self.n_pois!r}"
-            )
-        for name in ("checkins_per_user", "mean_daily_checkins"):
-            if getattr(self, name) <= 0:
-                raise SftDataError(f"synthesize_city: field {name} must be > 0, got {getattr(self, name)!r}")
+        c = "synthesize_city"
+        # Upper bounds keep a typo (``--users 10**20``) from starting a job that never finishes or
+        # exhausts memory: 10 million users is about three hours of simulation (50,000 take a minute).
+        check_int(c, "n_users", self.n_users, lo=1, hi=MAX_USERS)
+        check_int(c, "seed", self.seed, lo=0)
+        check_int(c, "n_pois", self.n_pois, lo=len(_TAXONOMY), hi=MAX_POIS, optional=True)
+        check_int(c, "n_neighbourhoods", self.n_neighbourhoods, lo=1, hi=MAX_NEIGHBOURHOODS, optional=True)
+        check_number(c, "checkins_per_user", self.checkins_per_user, lo=0, lo_open=True, hi=MAX_CHECKINS_PER_USER)
+        check_int(c, "max_daily_checkins", self.max_daily_checkins, lo=1, hi=MAX_DAILY_CHECKINS)
+        check_number(c, "mean_daily_checkins", self.mean_daily_checkins, lo=0, lo_open=True, hi=MAX_DAILY_CHECKINS)
+        check_str(c, "start", self.start)
+        check_int(c, "n_days", self.n_days, lo=1, hi=MAX_DAYS)
+        check_int(c, "tz_offset_minutes", self.tz_offset_minutes, lo=-12 * 60, hi=14 * 60)
+        check_number(c, "center_lat", self.center_lat, lo=-90, hi=90)
+        check_number(c, "center_lon", self.center_lon, lo=-180, hi=180)
         for name in ("revisit", "local"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise SftDataError(
-                    f"synthesize_city: field {name} must be in [0, 1], got {getattr(self, name)!r}"
-                )
-        if self.max_daily_checkins < 1 or self.n_days < 1:
+            check_number(c, name, getattr(self, name), lo=0, hi=1)
+        check_number(c, "zipf_exponent", self.zipf_exponent, lo=0, hi=10)
+        check_int(c, "chunk_users", self.chunk_users, lo=1, hi=1_000_000)
+        check_bool(c, "progress", self.progress)
+        expected = self.n_users * self.checkins_per_user
+        if expected > MAX_CHECKINS:
             raise SftDataError(
-                "synthesize_city: fields max_daily_checkins and n_days must be >= 1, got "
-                f"{self.max_daily_checkins!r} and {self.n_days!r}"
+                f"{c}: fields n_users x checkins_per_user ask for about {expected:,.0f} check-ins, more than the "
+                f"{MAX_CHECKINS:,} a city may hold ({self.n_users!r} x {self.checkins_per_user!r})"
             )
         try:
             datetime.fromisoformat(self.start)
         except ValueError as exc:
             raise SftDataError(
-                f"synthesize_city: field start must be an ISO date like '2012-04-03', got {self.start!r}"
+                f"{c}: field start must be an ISO date like '2012-04-03', got {self.start!r}"
             ) from exc
 
 
