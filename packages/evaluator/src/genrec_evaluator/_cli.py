@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genrec_core import add_config_args, config_from_args, run_main
+from genrec_core import add_config_args, command_parser, config_from_args, dispatch
 from genrec_evaluator import __version__
 from genrec_evaluator._errors import EvaluatorError
 
@@ -20,11 +19,7 @@ MODEL_HELP = "HF model folder, .gguf file, hub id org/name[@revision], or alias 
 def _parser() -> argparse.ArgumentParser:
     from genrec_evaluator._baselines import BaselineConfig
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser(PROG, __doc__, __version__)
 
     p = sub.add_parser("baselines", help="next-POI baselines (no model needed)")
     p.add_argument("--data", required=True, type=Path, help="prepared data folder (genrec-sftdata prepare) or check-ins table")
@@ -193,15 +188,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # ValueError too: polars and numpy report unusable input that way.
-    return run_main(PROG, lambda: _run(args), debug=args.debug, errors=(ValueError,))
+    return dispatch(_parser(), argv, _run, errors=(ValueError,))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec_core import add_config_args, config_from_args, run_main
+from genrec_core import add_config_args, command_parser, config_from_args, dispatch
 from genrec_otcoreset import __version__
 from genrec_otcoreset._errors import OtCoresetError
 
@@ -90,25 +88,15 @@ class SelectConfig:
     )
 
 
-def _help(cls: type, name: str) -> str:
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f"{f.metadata['help']} (default: {f.default})"
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser, sub = command_parser(PROG, __doc__, __version__)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("features", help="embeddings and LoRA gradient norms of SFT records")
     add_config_args(p, FeaturesConfig)
     p.set_defaults(config=FeaturesConfig, subparser=p)
     p = sub.add_parser("select", help="choose a coreset (ITRA, GORACS or a baseline) and write the selection")
     # `lambda` is a Python keyword: the field is `lam`, the flag keeps the paper's name.
-    add_config_args(p, SelectConfig, skip=("lam",))
-    p.add_argument("--lambda", dest="lam", type=float, default=0.1, metavar="LAMBDA", help=_help(SelectConfig, "lam"))
+    add_config_args(p, SelectConfig, flags={"lam": "--lambda"})
     p.set_defaults(config=SelectConfig, subparser=p)
     return parser
 
@@ -169,25 +157,14 @@ def _run_select(cfg: SelectConfig, progress: bool) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    # add_config_args leaves every option optional; a field without a default is a required flag.
-    missing = [
-        f"--{f.name.replace('_', '-')}"
-        for f in dataclasses.fields(args.config)
-        if f.default is dataclasses.MISSING and getattr(args, f.name) is None
-    ]
-    if missing:
-        args.subparser.error(f"the following arguments are required: {', '.join(missing)}")
-    if args.verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args.config, args)
     run = _run_features if args.command == "features" else _run_select
-    return run_main(PROG, lambda: run(cfg, args.progress), debug=args.debug)
+    return run(cfg, args.progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return dispatch(_parser(), argv, _run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from genrec_core import add_config_args, config_from_args, run_main
+from genrec_core import add_config_args, command_parser, config_from_args, dispatch
 from genrec_sftdata import __version__
 from genrec_sftdata._contract import read_frame
 from genrec_sftdata._errors import SftDataError
@@ -25,11 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     from genrec_sftdata._seqrec import CtrConfig, SeqRecConfig
     from genrec_sftdata._synth import CityConfig
 
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what each rule does")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser(PROG, __doc__, __version__)
 
     p = sub.add_parser("synth", help="generate a synthetic city: DIR/checkins.parquet")
     p.add_argument("--users", type=int, required=True, help="number of users")
@@ -315,14 +311,8 @@ def _build_other(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     # ValueError too: polars and numpy raise it on bad input deep inside a command.
-    return run_main(PROG, lambda: _run(args), debug=args.debug, errors=(ValueError,))
+    return dispatch(_parser(), argv, _run, errors=(ValueError,), log_level=logging.WARNING)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,18 +10,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from genrec_core import add_config_args, run_main
+from genrec_core import add_config_args, command_parser, dispatch
 from genrec_trainer import __version__
 from genrec_trainer._config import TrainConfig, load_config, recipe_path, recipes
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genrec-trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser("genrec-trainer", __doc__, __version__, verbose=False)
     train = sub.add_parser("train", help="fine-tune a model on SFT records")
     source = train.add_mutually_exclusive_group()
     source.add_argument("--config", help="TOML config file (flat keys or a [train] table)")
@@ -36,14 +31,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # ValueError too: tokenizers and datasets report unreadable input that way.
-    return run_main(parser.prog, lambda: _run(args), debug=args.debug, errors=(ValueError,))
+    return dispatch(_parser(), argv, _run, errors=(ValueError,), log_level=logging.INFO)
 
 
 def _run(args: argparse.Namespace) -> int:
