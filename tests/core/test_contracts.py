@@ -136,10 +136,13 @@ def test_checkins_coordinates_and_times() -> None:
 def test_read_names_the_file_for_unreadable_input(tmp_path: Path) -> None:
     fake = tmp_path / "records.parquet"
     fake.write_text("this is text, not parquet\n")
-    with pytest.raises(ContractError, match=r"records.parquet: not a readable parquet file"):
+    with pytest.raises(ContractError, match=r"records.parquet: not a readable parquet SFT records file"):
         SFT_RECORDS.read(fake)
-    with pytest.raises(ContractError, match="no such file"):
+    with pytest.raises(ContractError, match="no such table file"):
         read_table(tmp_path / "missing.parquet")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ContractError, match="empty file, expected a CSV profiles file"):
+        read_table(tmp_path / "empty.csv", what="profiles")
     with pytest.raises(ContractError, match="is a folder"):
         read_table(tmp_path)
     good = tmp_path / "preds.parquet"

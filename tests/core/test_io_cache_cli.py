@@ -82,14 +82,35 @@ def test_fingerprint_sees_in_place_edits(tmp_path: Path) -> None:
     st = f.stat()
     f.write_text("a,b\n1,3\n")  # same size
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime: only the content differs
-    after = fingerprint(f)
-    assert before["size"] == after["size"] and before["mtime_ns"] == after["mtime_ns"]
-    assert before["sha256"] != after["sha256"]
+    assert fingerprint(f)["sha256"] != before["sha256"]
+    f.write_text("a,b\n1,2\n")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a touch: content as before
+    assert fingerprint(f) == before
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(f.read_bytes())
+    assert fingerprint(copy) == before
     folder_before = fingerprint(tmp_path)
     (tmp_path / "more.csv").write_text("x\n")
     assert fingerprint(tmp_path)["sha256"] != folder_before["sha256"]
     with pytest.raises(GenrecError, match="no such file"):
         fingerprint(tmp_path / "nope")
+
+
+def test_fingerprint_of_large_files_uses_edges_and_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import genrec_core._cache as cache
+
+    monkeypatch.setattr(cache, "HASH_LIMIT_BYTES", 1024)
+    monkeypatch.setattr(cache, "_EDGE", 16)
+    cache._file_fingerprint.cache_clear()
+    f = tmp_path / "big.bin"
+    f.write_bytes(bytes(4096))
+    before = fingerprint(f)
+    assert set(before) == {"size", "mtime_ns", "sha256_edges"}
+    with f.open("r+b") as fh:  # an edit in the middle, outside the hashed edges: the mtime tells
+        fh.seek(2000)
+        fh.write(b"x")
+    assert fingerprint(f) != before
+    cache._file_fingerprint.cache_clear()
 
 
 def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

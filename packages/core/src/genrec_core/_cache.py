@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -93,18 +94,32 @@ def _hash_file(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=65536)
+def _file_fingerprint(
+    path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int
+) -> tuple[tuple[str, Any], ...]:
+    # Keyed by what stat says, so a file is hashed once per process however often it is asked for.
+    # The ctime is in the key because every write moves it and, unlike the mtime, nothing can set it
+    # back: an edit that restores the mtime is still hashed anew.
+    if size <= HASH_LIMIT_BYTES:
+        return (("size", size), ("sha256", _hash_file(Path(path), size)))
+    return (("size", size), ("mtime_ns", mtime_ns), ("sha256_edges", _hash_file(Path(path), size)))
+
+
 def fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies the content of a file or folder, for cache keys.
 
-    A file: its size, mtime (nanoseconds) and sha256 (of the whole file up to
-    :data:`HASH_LIMIT_BYTES`; above it, of the first and last MiB, so an in-place edit of a huge file
-    is seen through its mtime and size). A folder: the same for every file under it, by relative path
-    (hidden files and folders, the ones starting with a dot, are skipped). A missing path raises.
+    A file up to :data:`HASH_LIMIT_BYTES`: its size and the sha256 of its content, and nothing else,
+    so a copy or a ``touch`` of an unchanged file keeps its fingerprint while any edit changes it. A
+    larger file: its size, its mtime (nanoseconds) and the sha256 of its first and last MiB, so an
+    in-place edit is seen through its mtime or size. A folder: the same for every file under it, by
+    relative path (hidden files and folders, the ones starting with a dot, are skipped). A missing
+    path raises.
     """
     path = Path(path)
     if path.is_file():
         st = path.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _hash_file(path, st.st_size)}
+        return dict(_file_fingerprint(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
     if path.is_dir():
         files = {}
         for child in sorted(path.rglob("*")):

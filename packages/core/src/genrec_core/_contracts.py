@@ -245,7 +245,7 @@ class Contract:
 
     def read(self, path: str | os.PathLike[str]) -> pl.DataFrame:
         """Read ``path`` (parquet, CSV, JSON lines) and validate it; errors name the file."""
-        return self.validate(read_table(path), source=path)
+        return self.validate(read_table(path, what=self.name), source=path)
 
     def describe(self) -> str:
         """The contract as a Markdown table (the docs print it)."""
@@ -268,24 +268,30 @@ class Contract:
         return "\n".join(lines)
 
 
-def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
-    """A parquet, CSV or JSON-lines file as a frame; an unreadable file is one line naming it."""
+def read_table(path: str | os.PathLike[str], *, what: str = "table", **csv_options: Any) -> pl.DataFrame:
+    """A parquet, CSV (``.csv``, ``.tsv``, ``.txt``) or JSON-lines file, by its ending, as a frame.
+
+    A missing, empty or unreadable file is one line naming it and ``what`` it was expected to be.
+    ``csv_options`` go to ``polars.read_csv``.
+    """
     path = Path(path)
     if not path.exists():
-        raise ContractError(f"{path}: no such file")
+        raise ContractError(f"{path}: no such {what} file")
     if path.is_dir():
-        raise ContractError(f"{path}: is a folder, expected a table file (.parquet, .csv, .jsonl)")
+        raise ContractError(f"{path}: is a folder, expected a {what} file (.parquet, .csv or .jsonl)")
     suffix = path.suffix.lower()
+    kind = "CSV" if suffix in (".csv", ".tsv", ".txt") else "JSON-lines" if suffix in (".jsonl", ".ndjson") else "parquet"
+    if path.stat().st_size == 0:
+        raise ContractError(f"{path}: empty file, expected a {kind} {what} file")
     try:
-        if suffix == ".csv":
-            return pl.read_csv(path, infer_schema_length=10_000)
-        if suffix in (".jsonl", ".ndjson"):
+        if kind == "CSV":
+            return pl.read_csv(path, **{"infer_schema_length": 10_000, **csv_options})
+        if kind == "JSON-lines":
             return pl.read_ndjson(path)
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        kind = {".csv": "CSV", ".jsonl": "JSON-lines", ".ndjson": "JSON-lines"}.get(suffix, "parquet")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ContractError(f"{path}: not a readable {kind} file ({first})") from exc
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ContractError(f"{path}: not a readable {kind} {what} file ({first})") from exc
 
 
 _STR = pl.String

@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from genrec_core import HASH_LIMIT_BYTES, fingerprint
+from genrec_core import fingerprint
 
 GENREC_PACKAGES = (
     "genrec-core",
@@ -81,36 +81,17 @@ def code_version() -> dict[str, str]:
     return out
 
 
-@functools.cache
-def _content_key(path: str, size: int, mtime_ns: int, inode: int) -> dict[str, Any]:
-    info = fingerprint(path)
-    # Below the hash limit the hash is the whole content: leave the mtime out, so a copy or a `touch`
-    # of an unchanged file keeps its cache. Above it only the edges are hashed and mtime must count.
-    if size <= HASH_LIMIT_BYTES:
-        return {"size": info["size"], "sha256": info["sha256"]}
-    return info
-
-
 def input_key(value: str) -> Any:
-    """What a path setting contributes to a cache key: the content of the file (or of every file
-    under the folder) it names; a value that is no local path (a hub id) stays as it is."""
+    """What a path setting contributes to a cache key: the content fingerprint of the file (or of every
+    file under the folder) it names (``genrec_core.fingerprint``: size and sha256 up to 256 MiB, so a
+    copy or a ``touch`` keeps the cache and an edit does not); a value that is no local path (a hub id)
+    stays as it is."""
     if not value:
         return value
     path = Path(value).expanduser()
     try:
-        if path.is_file():
-            st = path.stat()
-            return {"path": value, **_content_key(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)}
-        if path.is_dir():
-            files = {}
-            for child in sorted(path.rglob("*")):
-                rel = child.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts) or not child.is_file():
-                    continue
-                st = child.stat()
-                files[rel.as_posix()] = _content_key(str(child.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-            digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-            return {"path": value, "files": len(files), "sha256": digest}
+        if path.exists():
+            return {"path": value, **fingerprint(path)}
     except OSError:
         return value
     return value

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import difflib
 import os
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from genrec_core import CHECKINS, RAW_CHECKINS, SPLITS, Contract, ContractError
+from genrec_core import CHECKINS, RAW_CHECKINS, SPLITS, Contract, ContractError, read_table
 from genrec_sftdata._errors import SftDataError
 
 __all__ = [
@@ -135,25 +136,12 @@ def string_ids(
 
 
 def read_frame(path: str | os.PathLike[str], *, what: str = "table", **csv_options: Any) -> pl.DataFrame:
-    """A parquet, CSV or JSON-lines file (by its ending; anything else is read as parquet) as a frame.
-    A missing, empty or unreadable file is one line naming it and what it was expected to be."""
-    from pathlib import Path
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such {what} file")
-    if p.is_dir():
-        raise SftDataError(f"{p}: is a folder, expected a {what} file (.parquet, .csv or .jsonl)")
-    suffix = p.suffix.lower()
-    kind = "CSV" if suffix in (".csv", ".tsv", ".txt") else "JSON-lines" if suffix in (".jsonl", ".ndjson") else "parquet"
-    if p.stat().st_size == 0:
-        raise SftDataError(f"{p}: empty file, expected a {kind} {what} file")
+    """A parquet, CSV or JSON-lines file (by its ending) as a frame, through ``genrec_core.read_table``:
+    a missing file is ``FileNotFoundError``, an empty or unreadable one an ``SftDataError``, each one
+    line naming the file and what it was expected to be."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such {what} file")
     try:
-        if kind == "CSV":
-            return pl.read_csv(p, infer_schema_length=10_000, **csv_options)
-        if kind == "JSON-lines":
-            return pl.read_ndjson(p)
-        return pl.read_parquet(p)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise SftDataError(f"{p}: not a readable {kind} {what} file ({first.strip()})") from exc
+        return read_table(path, what=what, **csv_options)
+    except ContractError as exc:
+        raise SftDataError(str(exc)) from exc
