@@ -52,7 +52,8 @@ class ChatServer:
     ``faults`` is a queue of behaviours consumed one per request (then ``default``): ``ok``, ``429``,
     ``500``, ``slow`` (sleeps ``slow_seconds`` before answering), ``malformed`` (a 200 whose body is not
     JSON), ``truncated`` (the profile cut off, finish_reason=length), ``invalid`` (prose, no JSON),
-    ``no_json_mode`` (HTTP 400 whenever response_format is sent).
+    ``no_json_mode`` (HTTP 400 whenever response_format is sent), ``no_json_schema`` (HTTP 400 when
+    response_format is a json_schema; JSON mode is fine).
     """
 
     def __init__(self) -> None:
@@ -128,6 +129,8 @@ class ChatServer:
                 self._send(handler, 200, self._completion(self.content[: len(self.content) // 2], "length"))
             elif fault == "invalid":
                 self._send(handler, 200, self._completion("I am sorry, I cannot profile people."))
+            elif fault == "no_json_schema" and payload.get("response_format", {}).get("type") == "json_schema":
+                self._send(handler, 400, b'{"error": {"message": "response_format json_schema is not supported"}}')
             elif fault == "no_json_mode" and "response_format" in payload:
                 self._send(handler, 400, b'{"error": {"message": "response_format is not supported"}}')
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,49 @@ def test_client_errors_are_not_retried(chat_server: Any, request_for: ProfileReq
     assert "HTTP 400" in completion.error and len(chat_server.requests) == 1
 
 
-def test_json_mode_is_dropped_when_unsupported(chat_server: Any, request_for: ProfileRequest) -> None:
+def _formats(server: Any) -> list[str | None]:
+    return [r.get("response_format", {}).get("type") for r in server.requests]
+
+
+def test_structured_output_falls_back_schema_then_json_mode_then_repair(chat_server: Any,
+                                                                         request_for: ProfileRequest) -> None:
+    """json_schema refused -> json_object refused -> no response_format (the repair parser's turn),
+    remembered by the client: later requests go straight to what worked."""
     chat_server.default = "no_json_mode"
     with backend(chat_server) as client:
         first = client.complete([request_for])[0]
+        assert client.response_format_level == "none"
         second = client.complete([request_for])[0]
     assert first.error is None and second.error is None
-    assert [("response_format" in r) for r in chat_server.requests] == [True, False, False]
+    assert _formats(chat_server) == ["json_schema", "json_object", None, None]
+
+
+def test_json_mode_kept_when_only_the_schema_is_refused(chat_server: Any, request_for: ProfileRequest) -> None:
+    chat_server.default = "no_json_schema"
+    with backend(chat_server, concurrency=4) as client:
+        completions = client.complete([request_for] * 6)
+    assert all(c.error is None for c in completions)
+    formats = _formats(chat_server)
+    # Requests already in flight may each be refused once; none is refused twice, none asks again.
+    assert formats.count("json_object") == 6 and set(formats) == {"json_schema", "json_object"}
+    assert client.response_format_level == "json_object"
+
+
+def test_json_schema_is_what_a_server_receives(chat_server: Any, request_for: ProfileRequest) -> None:
+    from genrec_profiler import profile_json_schema
+
+    with backend(chat_server) as client:
+        client.complete([request_for, replace(request_for, protocol="genup", json_mode=True)])
+    # The two requests run concurrently: tell them apart by the schema's name, not their order.
+    formats = {r["response_format"]["json_schema"]["name"]: r["response_format"] for r in chat_server.requests}
+    ours, genup = formats["genrec_profile"], formats["genup_profile"]
+    assert ours["type"] == "json_schema" and ours["json_schema"]["schema"] == profile_json_schema("genrec")
+    assert genup["json_schema"]["schema"] == profile_json_schema("genup")
+    schema = ours["json_schema"]["schema"]
+    assert schema["required"] == list(schema["properties"]) and schema["additionalProperties"] is False
+    assert schema["properties"]["age"]["enum"] == ["child", "adolescent", "adult", "older adult"]
+    assert schema["properties"]["preferences"]["maxItems"] >= 1
+    assert schema["properties"]["summary"]["maxLength"] > schema["properties"]["summary"]["minLength"]
 
 
 def test_request_body_and_api_key(chat_server: Any, request_for: ProfileRequest, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +121,7 @@ def test_request_body_and_api_key(chat_server: Any, request_for: ProfileRequest,
     body = chat_server.requests[0]
     assert body["model"] == "test-model" and body["max_tokens"] == 77 and body["seed"] == 5
     assert body["messages"] == list(request_for.messages)
-    assert body["response_format"] == {"type": "json_object"}
+    assert body["response_format"]["type"] == "json_schema"
     assert chat_server.headers[0]["Authorization"] == "Bearer sk-test-123"
 
 

@@ -18,6 +18,8 @@ from genrec_profiler._generate import (
     read_profiles,
 )
 from genrec_profiler._genup import read_genup_profiles, write_genup_profiles
+from genrec_profiler._grammar import ENGINES as GRAMMAR_ENGINES
+from genrec_profiler._grammar import profile_json_schema
 from genrec_profiler._models import resolve_model
 from genrec_profiler._openai import OpenAIBackend
 from genrec_profiler._prompt import GENUP_PROMPT, genup_messages
@@ -57,6 +59,7 @@ __all__ = [
     "GENDERS",
     "GENUP_KEYS",
     "GENUP_PROMPT",
+    "GRAMMAR_ENGINES",
     "PROFILE_SCHEMA",
     "SOCIOECO_LEVELS",
     "TRAIT_POLES",
@@ -76,6 +79,7 @@ __all__ = [
     "generate_profiles",
     "genup_messages",
     "parse_profile",
+    "profile_json_schema",
     "profile_stats",
     "read_genup_profiles",
     "read_profiles",

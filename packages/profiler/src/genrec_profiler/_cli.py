@@ -32,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--http-retries", type=int, default=4, help="openai: retries on 429/5xx/timeouts (default: 4)")
     gen.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default: 512)")
     gen.add_argument("--sample", action="store_true", help="sample (seeded) instead of greedy decoding")
+    gen.add_argument("--grammar", default="auto", help="local: constrain decoding to the profile's JSON schema with "
+                     "this engine (auto, xgrammar, llguidance, outlines) or 'none' (default: auto)")
+    gen.add_argument("--response-format", default="auto", choices=("auto", "json_schema", "json", "none"),
+                     help="openai: structured output asked (auto: json_schema, then json_object, then none as the "
+                     "server refuses them)")
     gen.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                      help="local backend compute dtype (default auto: bfloat16 where the device computes it "
                      "natively, else float32)")
@@ -56,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="attribute distributions, failures and cost of a profiles file")
     stats.add_argument("file", help="profiles parquet file")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    stats.add_argument("--data", default=None, help="the prepared folder the profiles were written from: adds "
+                       "copied-from-prompt share and agreement with each user's top-3 categories")
 
     sim = sub.add_parser("similar", help="each user's top-k most similar users by summary embedding")
     sim.add_argument("file", help="profiles parquet file")
@@ -76,12 +83,13 @@ def _client(args: argparse.Namespace) -> Any:
         return OpenAIBackend(
             base_url=args.base_url, model=args.model, api_key_env=args.api_key_env, max_tokens=args.max_new_tokens,
             temperature=args.temperature if args.sample else 0.0, seed=args.seed, concurrency=args.concurrency,
-            max_retries=args.http_retries, timeout=args.timeout,
+            max_retries=args.http_retries, timeout=args.timeout, response_format=args.response_format,
         )
     from genrec_profiler._local import LocalBackend
 
     return LocalBackend(args.model, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                        temperature=args.temperature, seed=args.seed, dtype=args.dtype)
+                        temperature=args.temperature, seed=args.seed, dtype=args.dtype,
+                        grammar=None if args.grammar == "none" else args.grammar)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -101,7 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     if result.no_train_users:
         shown = ", ".join(result.no_train_users[:10])
         print(f"skipped {len(result.no_train_users)} users without train check-ins: {shown}")
-    print(profile_stats(result.path).to_text())
+    print(profile_stats(result.path, data=args.data).to_text())
     return 0
 
 
@@ -154,8 +162,8 @@ def _stats(args: argparse.Namespace) -> int:
 
     from genrec_profiler._stats import profile_stats
 
-    stats = profile_stats(args.file)
-    print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.to_text())
+    stats = profile_stats(args.file, data=args.data)
+    print(json.dumps({**stats.to_dict(), "warnings": stats.warnings()}, indent=2) if args.json else stats.to_text())
     return 0
 
 

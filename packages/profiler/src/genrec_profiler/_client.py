@@ -26,6 +26,9 @@ class ProfileRequest:
     #: Ask for JSON mode whatever the backend's own setting (GenUP's requests always do); a backend
     #: without one ignores it.
     json_mode: bool = False
+    #: Which profile schema the answer must follow (``genrec`` or ``genup``, see
+    #: :func:`genrec_profiler.profile_json_schema`): backends that constrain decoding enforce it.
+    protocol: str = "genrec"
 
 
 @dataclass(frozen=True, kw_only=True)

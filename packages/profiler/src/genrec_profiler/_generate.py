@@ -35,6 +35,9 @@ PROFILE_SCHEMA: dict[str, Any] = {
     "seconds": pl.Float64,
     "repairs": pl.List(pl.String),
     "extra": pl.String,
+    # JSON object field -> "model" | "repair" | "draft" (ParsedProfile.sources).
+    "sources": pl.String,
+    "finish_reason": pl.String,
 }
 # Batches are formed by prompt length within windows of this many batches (see generate_profiles).
 _SORT_WINDOW = 32
@@ -58,9 +61,15 @@ class ProfilerConfig:
     max_checkins: int | None = field(
         default=None, metadata={"help": "at most this many most recent check-ins in a prompt"}
     )
+    draft_in_prompt: bool = field(
+        default=False,
+        metadata={"help": "show the statistical draft profile in the prompt as a starting point (the model then "
+                  "tends to copy it; off by default: the statistics stay in the prompt as context)"},
+    )
     no_draft: bool = field(
         default=False,
-        metadata={"help": "leave out the statistical draft profile from the prompt (GenUP's original prompt)"},
+        metadata={"help": "no draft at all: neither in the prompt nor as the fallback of fields the model leaves "
+                  "out (those then fail)"},
     )
     protocol: Literal["genrec", "genup"] = field(
         default="genrec",
@@ -181,10 +190,12 @@ def _merge(out: Path) -> pl.DataFrame:
 
 
 def _row(user_id: str, parsed: ParsedProfile, *, raw: str, client: LLMClient, attempts: int,
-         tokens_in: int, tokens_out: int, n_checkins: int, n_used: int, n_cut: int, seconds: float) -> dict[str, Any]:
+         tokens_in: int, tokens_out: int, n_checkins: int, n_used: int, n_cut: int, seconds: float,
+         finish_reason: str | None = None) -> dict[str, Any]:
     row = parsed.to_row()
     row.update(
         user_id=user_id, backend=client.backend, model=client.model, raw=raw, attempts=attempts,
+        finish_reason=finish_reason,
         tokens_in=tokens_in, tokens_out=tokens_out, n_checkins=n_checkins, n_checkins_used=n_used,
         n_checkins_cut=n_cut, seconds=seconds,
     )
@@ -308,11 +319,14 @@ def generate_profiles(
         if config.protocol == "genup":
             every = sentences[user]
             fit = FittedPrompt(messages=genup_messages(user, every), n_used=len(every), n_cut=0)
-            return fit, ProfileRequest(user_id=user, messages=fit.messages, digest=digest, json_mode=True)
+            return fit, ProfileRequest(user_id=user, messages=fit.messages, digest=digest, json_mode=True,
+                                       protocol="genup")
+        # The draft is the fallback of a field the model leaves out (recorded as "draft" in
+        # ``sources``); it is shown in the prompt only when asked (the model then copies it).
         draft_obj = None if config.no_draft else template_profile(digest)
-        draft = None if draft_obj is None else json.dumps(draft_obj)
+        shown = json.dumps(draft_obj) if draft_obj is not None and config.draft_in_prompt else None
         fit = fit_prompt(user, sentences[user], digest.render(), budget=budget,
-                         count_tokens=client.count_tokens, max_checkins=config.max_checkins, draft=draft)
+                         count_tokens=client.count_tokens, max_checkins=config.max_checkins, draft=shown)
         if fit.n_cut:
             logger.debug("user %s: kept %d of %d check-ins", user, fit.n_used, fit.n_used + fit.n_cut)
         return fit, ProfileRequest(user_id=user, messages=fit.messages, digest=digest, draft=draft_obj)
@@ -340,7 +354,8 @@ def generate_profiles(
                 for user, fit, (parsed, completion, attempts, t_in, t_out) in zip(batch, fits, results):
                     rows.append(_row(user, parsed, raw=completion.text, client=client, attempts=attempts,
                                      tokens_in=t_in, tokens_out=t_out, n_checkins=digests[user].n_checkins,
-                                     n_used=fit.n_used, n_cut=fit.n_cut, seconds=seconds))
+                                     n_used=fit.n_used, n_cut=fit.n_cut, seconds=seconds,
+                                     finish_reason=completion.finish_reason))
                     counts[parsed.status] += 1
                     tokens_in += t_in
                     tokens_out += t_out

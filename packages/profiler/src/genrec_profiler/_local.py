@@ -17,6 +17,9 @@ from genrec_profiler._models import resolve_model
 logger = logging.getLogger(__name__)
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: What a constrained answer starts with, written into the prompt: both schemas open with the traits,
+#: so these tokens cost a prefill position instead of a decode step each.
+CONSTRAINED_PREFIX = '{"traits": ["'
 
 
 def _growing_cache() -> Any:
@@ -245,6 +248,19 @@ class LocalBackend:
     ``decode_kernel`` (CPU, bfloat16 or float32): decode steps attend with a kernel compiled once by
     the machine's C compiler (see :mod:`genrec_profiler._attention`), where it builds and passes its
     check; ``decode_kernel`` tells whether it is in use.
+
+    ``grammar`` (default ``"auto"``): decoding is constrained to the profile's JSON schema
+    (:func:`genrec_profiler.profile_json_schema`, the request's protocol) by a grammar engine that masks
+    the logits at every step of our loop, and a row stops as soon as its object closes. ``"auto"``
+    takes the first of ``xgrammar``, ``llguidance``, ``outlines`` that is installed (unconstrained,
+    with a warning, when none is); name one to require it; ``None`` turns it off. ``grammar_engine``
+    tells which engine is in use once a batch has been constrained. Constrained answers start with
+    :data:`CONSTRAINED_PREFIX` instead of ``response_prefix``. A constrained row whose budget runs out
+    inside its last string (the summary) is closed there by the grammar's own ``"}`` on its last step
+    (finish reason ``closed``) instead of being cut off. ``repetition_penalty`` (constrained decoding
+    only; 1 = off): logits of tokens the row has already written are divided by it (multiplied when
+    negative), as transformers' ``repetition_penalty`` but over the answer only, not the prompt (the
+    answer should name the prompt's categories): SmolLM2-135M otherwise loops in its summary.
     """
 
     backend = "local"
@@ -265,12 +281,24 @@ class LocalBackend:
         response_prefix: str = '{"',
         dtype: str = "auto",
         decode_kernel: bool = True,
+        grammar: str | None = "auto",
+        repetition_penalty: float = 1.15,
     ) -> None:
         if max_new_tokens < 1:
             raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
         if dtype not in _DTYPES:
             raise ProfilerError(f"LocalBackend: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         # Resolved before torch is imported: a bad model argument fails at once.
+        from genrec_profiler._grammar import ENGINES, available_engines
+
+        if grammar is not None and grammar != "auto":
+            if grammar not in ENGINES:
+                raise ProfilerError(f"LocalBackend: grammar must be auto, None or one of {', '.join(ENGINES)}, got {grammar!r}")
+            if grammar not in available_engines():
+                raise ProfilerError(f"LocalBackend: grammar engine {grammar!r} is not installed")
+        self.grammar = grammar
+        self.grammar_engine: str | None = None
+        self._engines: dict[str, Any] = {}
         resolved = resolve_model(model)
         # What profile rows record: the hub id or alias as given, never a cache folder.
         self.model = resolved.name
@@ -299,6 +327,9 @@ class LocalBackend:
         self.top_p = top_p
         self.seed = seed
         self.response_prefix = response_prefix
+        if repetition_penalty <= 0:
+            raise ProfilerError(f"LocalBackend: repetition_penalty must be positive, got {repetition_penalty}")
+        self.repetition_penalty = repetition_penalty
         self._batches = 0
         # The prefill reads no logits but the last position's (see _prefill).
         from genrec_core.models import takes_logits_to_keep
@@ -332,6 +363,7 @@ class LocalBackend:
         self.context_length = context_length or int(
             getattr(self.lm.config, "max_position_embeddings", 0) or 2048
         )
+        self._banned: Any = None
 
     @property
     def prompt_token_budget(self) -> int | None:
@@ -345,14 +377,61 @@ class LocalBackend:
         encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat-templated prompt, ending with ``response_prefix`` (the start of the answer)."""
+    def render(self, messages: Sequence[dict[str, str]], prefix: str | None = None) -> str:
+        """The chat-templated prompt, ending with ``prefix`` (default ``response_prefix``: the start of
+        the answer)."""
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        return str(text) + self.response_prefix
+        return str(text) + (self.response_prefix if prefix is None else prefix)
 
-    def generate_texts(self, prompts: Sequence[str]) -> list[tuple[str, int, int, str]]:
-        """(text, prompt tokens, new tokens, finish reason) for already rendered prompts, one batch."""
+    def engine(self, protocol: str = "genrec") -> Any:
+        """The grammar engine compiled for ``protocol``'s schema (once), or None when unconstrained."""
+        if self.grammar is None:
+            return None
+        if protocol in self._engines:
+            return self._engines[protocol]
+        from genrec_profiler._grammar import available_engines, build_engine, profile_json_schema
+
+        names = available_engines() if self.grammar == "auto" else (self.grammar,)
+        engine = None
+        if not names:
+            logger.warning("no grammar engine installed (xgrammar, llguidance or outlines-core): decoding is "
+                           "unconstrained and invalid answers go to the repair parser")
+        else:
+            vocab = int(self.lm.get_output_embeddings().weight.shape[0])
+            engine = build_engine(names[0], self.tokenizer, vocab, profile_json_schema(protocol),  # type: ignore[arg-type]
+                                  sorted(self._stop_ids))
+            logger.info("grammar %s: %s schema compiled in %.2fs", engine.name, protocol, engine.compile_s)
+            self.grammar_engine = engine.name
+            if self._banned is None:
+                self._banned = self._control_tokens(vocab)
+                self._close_ids = [int(t) for t in self.tokenizer.encode('"}', add_special_tokens=False)]
+        self._engines[protocol] = engine
+        return engine
+
+    def _control_tokens(self, vocab: int) -> Any:
+        """Tokens whose text holds a control character or half a character: never part of a compact
+        JSON answer (JSON forbids control characters raw in strings; xgrammar 0.2 lets both through)."""
         torch = self._torch
+        banned = torch.zeros(vocab, dtype=torch.bool)
+        special = set(self.tokenizer.all_special_ids)
+        for idx in range(min(vocab, len(self.tokenizer))):
+            if idx in special:
+                continue
+            text = self.tokenizer.decode([idx])
+            # A lone piece of a multi-byte character: xgrammar 0.2 lets strings end between the pieces,
+            # which decodes to U+FFFD (and breaks the schema's length bounds).
+            if any(ord(c) < 32 or c in "\x7f\ufffd" for c in text):
+                banned[idx] = True
+        return banned
+
+    def generate_texts(self, prompts: Sequence[str], protocol: str | None = None) -> list[tuple[str, int, int, str]]:
+        """(text, prompt tokens, new tokens, finish reason) for already rendered prompts, one batch.
+
+        ``protocol`` (``genrec`` / ``genup``): constrain the answers to that profile schema (prompts
+        then end with :data:`CONSTRAINED_PREFIX`, which the grammar reads first); finish reason
+        ``stop`` once the object closes."""
+        torch = self._torch
+        engine = self.engine(protocol) if protocol is not None else None
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         # Sampling is seeded per batch: a run is reproducible for the same batch layout.
@@ -360,9 +439,9 @@ class LocalBackend:
         self._batches += 1
         with torch.inference_mode():
             if self._own_cache:
-                rows, finishes = self._decode(enc, seed)
+                rows, finishes = self._decode(enc, seed, engine)
             else:
-                rows, finishes = self._generate(enc, seed)
+                rows, finishes = self._generate(enc, seed, engine)
         results = []
         for ids, finish, mask in zip(rows, finishes, enc["attention_mask"]):
             # tokens_out counts what the model produced, including the stop token.
@@ -389,7 +468,7 @@ class LocalBackend:
             return order.gather(-1, choice).squeeze(-1)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
-    def _decode(self, enc: dict[str, Any], seed: int) -> tuple[list[list[int]], list[str]]:
+    def _decode(self, enc: dict[str, Any], seed: int, engine: Any = None) -> tuple[list[list[int]], list[str]]:
         """Our own decoding loop over the growing cache: new token ids (without the stop token) and
         the finish reason of each row.
 
@@ -423,6 +502,8 @@ class LocalBackend:
         # Each row's first real position in the cache view (the kernel's starts); changes only when
         # rows leave.
         row_starts = torch.tensor(pads, dtype=torch.int64)
+        matchers = [engine.start(CONSTRAINED_PREFIX) for _ in range(batch)] if engine is not None else None
+        bitmask = torch.zeros((batch, engine.words), dtype=torch.int32) if engine is not None else None
         for step in range(steps):
             filled += inputs.shape[1]
             # The kernel reads no mask (it starts each row at its first real position); one row with
@@ -437,9 +518,26 @@ class LocalBackend:
                 attn = full_mask[:, start:filled]
             logits = self.lm(input_ids=inputs, attention_mask=attn, position_ids=positions, past_key_values=cache,
                              use_cache=True, **self._last_logits, **extra).logits[:, -1, :]
+            if matchers is not None:
+                if self.repetition_penalty != 1.0:
+                    logits = self._penalize(logits, [out[r] for r in alive])
+                logits = self._mask(logits, engine, [matchers[r] for r in alive], bitmask)
+                left = steps - step
+                if left <= len(self._close_ids):
+                    self._force_close(logits, bitmask, self._close_ids[len(self._close_ids) - left])
             tokens = self._pick(logits, generator)
             stopped = torch.isin(tokens, stop_ids).tolist()
-            for row, token, stop in zip(alive, tokens.tolist(), stopped):
+            for i, (row, token, stop) in enumerate(zip(alive, tokens.tolist(), stopped)):
+                if matchers is not None and not stop:
+                    if not engine.accept(matchers[row], token):  # pragma: no cover - a masked token
+                        raise ProfilerError(f"grammar {engine.name}: refused token {token} it allowed")
+                    if engine.closed(matchers[row]):
+                        # The object closed: the answer is complete, no end token needed.
+                        out[row].append(token)
+                        stop = stopped[i] = True
+                        if step >= steps - len(self._close_ids):
+                            finishes[row] = "closed"
+                            continue
                 if stop:
                     finishes[row] = "stop"
                 else:
@@ -462,9 +560,37 @@ class LocalBackend:
             inputs = tokens.unsqueeze(1)
         return out, finishes
 
-    def _generate(self, enc: dict[str, Any], seed: int) -> tuple[list[list[int]], list[str]]:
-        """transformers' ``generate`` (models whose attention our cache cannot serve: sliding windows)."""
-        from transformers import GenerationConfig
+    def _penalize(self, logits: Any, written: Sequence[Sequence[int]]) -> Any:
+        torch = self._torch
+        logits = logits.float()
+        for i, ids in enumerate(written):
+            if ids:
+                idx = torch.tensor(sorted(set(ids)), dtype=torch.long)
+                seen = logits[i, idx]
+                logits[i, idx] = torch.where(seen > 0, seen / self.repetition_penalty, seen * self.repetition_penalty)
+        return logits
+
+    def _force_close(self, logits: Any, bitmask: Any, token: int) -> None:
+        """On a row's last steps, take the closing token where the grammar allows it (the row is in its
+        last string, past its minimum length): an object closed early beats one cut off."""
+        allowed = (bitmask[: logits.shape[0], token // 32] >> (token % 32)) & 1
+        for i in allowed.nonzero().flatten().tolist():
+            logits[i].fill_(float("-inf"))
+            logits[i, token] = 0.0
+
+    def _mask(self, logits: Any, engine: Any, matchers: Sequence[Any], bitmask: Any) -> Any:
+        """Logits (float) with every token the grammar forbids for each row at ``-inf``."""
+        from genrec_profiler._grammar import apply_bitmask
+
+        logits = logits.float()
+        engine.fill(matchers, bitmask)
+        apply_bitmask(logits, bitmask)
+        return logits.masked_fill_(self._banned[: logits.shape[-1]], float("-inf"))
+
+    def _generate(self, enc: dict[str, Any], seed: int, engine: Any = None) -> tuple[list[list[int]], list[str]]:
+        """transformers' ``generate`` (models whose attention our cache cannot serve: sliding windows),
+        constrained by ``engine`` through a logits processor when given."""
+        from transformers import GenerationConfig, LogitsProcessorList
 
         torch = self._torch
         eos = sorted(self._stop_ids)
@@ -475,12 +601,21 @@ class LocalBackend:
         if self.do_sample:
             gen.update(temperature=self.temperature, top_p=self.top_p)
             torch.manual_seed(seed)
-        output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen))  # type: ignore[misc]
+        processors = LogitsProcessorList()
+        matchers: list[Any] = []
+        if engine is not None:
+            batch, width = enc["input_ids"].shape
+            matchers = [engine.start(CONSTRAINED_PREFIX) for _ in range(batch)]
+            processors.append(_GrammarProcessor(self, engine, matchers, width))
+        output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen),  # type: ignore[misc]
+                                  logits_processor=processors)
         rows, finishes = [], []
-        for row in output[:, enc["input_ids"].shape[1] :].tolist():
+        for r, row in enumerate(output[:, enc["input_ids"].shape[1] :].tolist()):
             at = next((i for i, t in enumerate(row) if t in self._stop_ids), None)
             rows.append(row if at is None else row[:at])
             finishes.append("length" if at is None else "stop")
+            if matchers and at is None and rows[-1] and engine.closed(matchers[r]):
+                finishes[-1] = "stop"
         return rows, finishes
 
     def _prefill(self, enc: dict[str, Any]) -> Any:
@@ -533,9 +668,38 @@ class LocalBackend:
     def complete(self, requests: Sequence[ProfileRequest]) -> list[Completion]:
         if not requests:
             return []
-        prompts = [self.render(r.messages) for r in requests]
-        # The answer includes the prefix we wrote for the model, so that it parses as a whole.
-        return [
-            Completion(text=self.response_prefix + text, tokens_in=n_in, tokens_out=n_out, finish_reason=finish)
-            for text, n_in, n_out, finish in self.generate_texts(prompts)
-        ]
+        results: list[Completion | None] = [None] * len(requests)
+        for protocol in dict.fromkeys(r.protocol for r in requests):
+            idx = [i for i, r in enumerate(requests) if r.protocol == protocol]
+            constrained = self.engine(protocol) is not None
+            prefix = CONSTRAINED_PREFIX if constrained else self.response_prefix
+            prompts = [self.render(requests[i].messages, prefix) for i in idx]
+            # The answer includes the prefix we wrote for the model, so that it parses as a whole.
+            texts = self.generate_texts(prompts, protocol if constrained else None)
+            for i, (text, n_in, n_out, finish) in zip(idx, texts):
+                results[i] = Completion(text=prefix + text, tokens_in=n_in, tokens_out=n_out, finish_reason=finish)
+        return [r for r in results if r is not None]
+
+
+class _GrammarProcessor:
+    """A transformers logits processor over a grammar engine (the ``generate`` path): each call first
+    advances the rows' matchers by the token chosen last, then masks. A row whose object closed is
+    given its end token, so that ``generate`` finishes it."""
+
+    def __init__(self, backend: LocalBackend, engine: Any, matchers: list[Any], width: int) -> None:
+        self.backend, self.engine, self.matchers, self.width = backend, engine, matchers, width
+        torch = backend._torch
+        self.bitmask = torch.zeros((len(matchers), engine.words), dtype=torch.int32)
+        self.end = min(backend._stop_ids)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if input_ids.shape[1] > self.width:
+            for m, token in zip(self.matchers, input_ids[:, -1].tolist()):
+                if not self.engine.closed(m) and token not in self.backend._stop_ids:
+                    self.engine.accept(m, token)
+        masked = self.backend._mask(scores, self.engine, self.matchers, self.bitmask)
+        for r, m in enumerate(self.matchers):
+            if self.engine.closed(m):
+                masked[r].fill_(float("-inf"))
+                masked[r, self.end] = 0.0
+        return masked

@@ -2,9 +2,13 @@
 
 Requests of a batch run concurrently on a thread pool (at most ``concurrency`` in flight), each with
 a request timeout and bounded retries with exponential backoff on 429, 5xx, timeouts, connection
-errors and unreadable responses. A ``Retry-After`` header is honoured (capped). JSON mode
-(``response_format={"type": "json_object"}``) is used when the server accepts it; a server that
-rejects it with HTTP 400 is asked again without it, and not asked with it again.
+errors and unreadable responses. A ``Retry-After`` header is honoured (capped).
+
+Structured output: the profile's JSON schema is sent as ``response_format`` ``{"type": "json_schema",
+...}`` (vLLM, SGLang, Ollama and OpenAI enforce it while decoding); a server that refuses it (HTTP 400
+or 422) is asked again with JSON mode (``{"type": "json_object"}``), and one that refuses that too
+without any, the repair parser being the last line. Each step down is remembered by the client, so
+a refusal costs one extra request per level, not one per profile.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import httpx
 
 from genrec_profiler._client import Completion, ProfileRequest
 from genrec_profiler._errors import ProfilerError
+from genrec_profiler._grammar import profile_json_schema
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: ``response_format`` levels, strictest first: a refusal moves a client one level down.
+FORMAT_LEVELS = ("json_schema", "json_object", "none")
+_FORMATS = {"auto": "json_schema", "json_schema": "json_schema", "json": "json_object", "none": "none"}
 
 
 class _Retryable(Exception):
@@ -41,8 +49,10 @@ class OpenAIBackend:
 
     ``base_url`` defaults to ``$OPENAI_BASE_URL`` or the OpenAI API, ``model`` to ``$OPENAI_MODEL``;
     the API key is read from the environment variable named by ``api_key_env`` (sent as a bearer token
-    when set). ``response_format``: ``"auto"`` (JSON mode, dropped if the server refuses it),
-    ``"json"`` (always) or ``"none"``.
+    when set). ``response_format``: ``"auto"`` (the profile's JSON schema, then JSON mode, then
+    neither, each dropped for good when the server refuses it), ``"json_schema"`` (the schema, never
+    dropped), ``"json"`` (JSON mode, never dropped) or ``"none"``. ``response_format_level`` tells
+    what the client sends now. GenUP requests (``ProfileRequest.json_mode``) never go below JSON mode.
     """
 
     backend = "openai"
@@ -72,8 +82,9 @@ class OpenAIBackend:
             raise ProfilerError(f"OpenAIBackend: concurrency must be at least 1, got {concurrency}")
         if max_retries < 0:
             raise ProfilerError(f"OpenAIBackend: max_retries must be at least 0, got {max_retries}")
-        if response_format not in ("auto", "json", "none"):
-            raise ProfilerError(f"OpenAIBackend: response_format must be auto, json or none, got {response_format!r}")
+        if response_format not in _FORMATS:
+            raise ProfilerError(
+                f"OpenAIBackend: response_format must be auto, json_schema, json or none, got {response_format!r}")
         self.base_url = base.rstrip("/")
         self.model = name
         self.max_tokens = max_tokens
@@ -85,8 +96,9 @@ class OpenAIBackend:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.context_length = context_length
-        self._json_mode = response_format != "none"
-        self._json_forced = response_format == "json"
+        #: What requests carry now (one of FORMAT_LEVELS); lowered once per refusal, for good.
+        self.response_format_level = _FORMATS[response_format]
+        self._format_forced = response_format in ("json_schema", "json")
         self._lock = threading.Lock()
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env)
@@ -127,9 +139,22 @@ class OpenAIBackend:
         }
         if self.seed is not None:
             payload["seed"] = self.seed
-        if self._json_mode or request.json_mode:
+        level = self._level(request)
+        if level == "json_schema":
+            schema = profile_json_schema("genup" if request.protocol == "genup" else "genrec")
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": schema["title"], "schema": schema, "strict": True},
+            }
+        elif level == "json_object":
             payload["response_format"] = {"type": "json_object"}
         return payload
+
+    def _level(self, request: ProfileRequest) -> str:
+        level = self.response_format_level
+        if level == "none" and request.json_mode:  # GenUP's requests always ask for JSON
+            return "json_object"
+        return level
 
     def _post_once(self, request: ProfileRequest) -> Completion:
         with self._lock:
@@ -141,11 +166,17 @@ class OpenAIBackend:
             raise _Retryable(f"timeout after {self.timeout:g}s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
             raise _Retryable(f"connection error: {type(exc).__name__}: {exc}") from None
-        if response.status_code == 400 and "response_format" in payload and not (self._json_forced or request.json_mode):
-            logger.info("%s rejected response_format (HTTP 400); continuing without JSON mode", self.base_url)
-            with self._lock:
-                self._json_mode = False
-            raise _Retryable("HTTP 400 with response_format", retry_after=0.0)
+        if response.status_code in (400, 422) and "response_format" in payload and not self._format_forced:
+            sent = payload["response_format"]["type"]
+            floor = "json_object" if request.json_mode else "none"
+            if sent != floor:
+                with self._lock:
+                    # Concurrent requests may all be refused: step down from what was sent, once.
+                    if FORMAT_LEVELS.index(self.response_format_level) <= FORMAT_LEVELS.index(sent):
+                        self.response_format_level = FORMAT_LEVELS[FORMAT_LEVELS.index(sent) + 1]
+                        logger.info("%s refused response_format %s (HTTP %d: %s); now sending %s", self.base_url,
+                                    sent, response.status_code, response.text[:120], self.response_format_level)
+                raise _Retryable(f"HTTP {response.status_code} with response_format {sent}", retry_after=0.0)
         if response.status_code in _RETRY_STATUS:
             retry_after = response.headers.get("retry-after")
             try:

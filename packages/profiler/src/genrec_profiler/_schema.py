@@ -151,6 +151,10 @@ class ParsedProfile:
     extra: dict[str, Any] = field(default_factory=dict)
     #: ``"genup"`` when the output was GenUP's schema (``attributes`` list, ``user_profile`` text).
     schema: Literal["genrec", "genup"] = "genrec"
+    #: Where each recovered field came from: ``"model"`` (the model wrote it and it was used as
+    #: written), ``"repair"`` (the model wrote it, the parser had to fix it: an alias, a split list,
+    #: a truncated string closed), ``"draft"`` (the model did not give it; the statistical draft's).
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -165,6 +169,7 @@ class ParsedProfile:
         row["routines"] = list(self.routines)
         row["repairs"] = list(self.repairs)
         row["extra"] = json.dumps(self.extra, sort_keys=True, default=str) if self.extra else None
+        row["sources"] = json.dumps(self.sources) if self.sources else None
         del row["schema"]
         return row
 
@@ -281,6 +286,14 @@ def _close_truncated(body: str) -> tuple[Any, list[str]]:
 def _extract_object(text: str) -> tuple[dict[str, Any], list[str]]:
     repairs: list[str] = []
     stripped = text.strip()
+    # A valid object as written (what constrained decoding gives) is taken as is: its strings may
+    # hold anything, fences included, that the repairs below would misread.
+    try:
+        whole_value = json.loads(stripped)
+    except json.JSONDecodeError:
+        whole_value = None
+    if isinstance(whole_value, dict):
+        return whole_value, repairs
     body = _strip_fences(stripped)
     if body != stripped:
         repairs.append("removed code fence")
@@ -336,7 +349,8 @@ def _as_text_list(value: Any, name: str, repairs: list[str]) -> tuple[str, ...]:
             out.append(clean)
     if not out:
         raise ValueError(f"field {name!r}: empty list")
-    if isinstance(value, list) and out != value:
+    # Surrounding blanks are trimmed silently (normalisation, not a repair of what the model meant).
+    if isinstance(value, list) and out != [v.strip() if isinstance(v, str) else v for v in value]:
         repairs.append(f"{name}: stripped bullets, blanks or duplicates")
     return tuple(out)
 
@@ -466,6 +480,8 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
         return ParsedProfile(status="failed", error=str(exc))
     repairs.extend(json_repairs)
     obj = _unwrap(obj, repairs)
+    # A value the truncation repair closed is the model's text, cut: counted as repaired.
+    cut_key = _KEY_ALIASES.get(_key(next(reversed(obj)))) if obj and "closed truncated JSON" in json_repairs else None
 
     values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
@@ -513,13 +529,19 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
         "preferences": lambda v: _as_text_list(v, "preferences", repairs),
         "routines": lambda v: _as_text_list(v, "routines", repairs),
     }
+    sources: dict[str, str] = {}
     for name, parse in parsers.items():
         problem = None
+        before = len(repairs)
         if name not in values or values[name] in (None, ""):
             problem = f"field {name!r}: missing"
         else:
             try:
                 fields[name] = parse(values[name])
+                mine = repairs[before:]
+                sources[name] = ("draft" if any("draft" in r for r in mine) else
+                                 "repair" if mine or (cut_key is not None and cut_key in (name, "attributes" if name in GENUP_ATTRIBUTES else ""))
+                                 else "model")
             except ValueError as exc:
                 problem = str(exc)
         if problem is not None and draft is not None and draft.get(name) not in (None, ""):
@@ -528,6 +550,7 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
             try:
                 fields[name] = parse(draft[name])
                 repairs.append(f"{problem}; kept the draft's value")
+                sources[name] = "draft"
                 continue
             except ValueError:
                 pass
@@ -535,13 +558,16 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
                                         and problem.endswith("missing")):
             errors.append(problem)
     summary = values.get("summary")
+    summary_source = "repair" if cut_key == "summary" else "model"
     if isinstance(summary, list) and all(isinstance(s, str) for s in summary):
         summary = " ".join(summary)
         repairs.append("summary: joined a list of strings")
+        summary_source = "repair"
     if not isinstance(summary, str) or not summary.strip():
         errors.append("field 'summary': missing" if summary in (None, "") else "field 'summary': not a string")
     else:
         fields["summary"] = summary.strip()
+        sources["summary"] = summary_source
 
     if errors:
         status: Status = "failed"
@@ -556,4 +582,5 @@ def parse_profile(text: str, *, draft: Mapping[str, Any] | None = None) -> Parse
         repairs=tuple(repairs),
         extra=extra,
         schema=schema,
+        sources={name: sources[name] for name in FIELDS if name in sources},
     )
