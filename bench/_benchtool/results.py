@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from genrec_core import atomic_write_json
 
 # Set on every benchmark by bench/conftest.py: the GENREC_BENCH_SIZE the run used. Benchmarks set
 # their own ``size`` (often the problem size), so the run's size has a key of its own.
@@ -98,16 +98,7 @@ def load_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, data)
 
 
 def baseline_path(results_dir: Path, device_slug: str, package: str) -> Path:
