@@ -139,3 +139,18 @@ def test_extra_tokens_are_whole_tokens(tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(path)
     pieces = tok.convert_ids_to_tokens(tok("u1 visited p12", add_special_tokens=False).input_ids)
     assert pieces == ["u", "1", " ", "visited", " ", "p12"]
+
+
+def test_corpus_trained_vocabulary(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    corpus = ["User 7 visited POI id 12 at 08:00, a Coffee Shop."] * 50 + ["At 09:00 user 3 will visit POI id 40."] * 50
+    path = build_tiny_model(tmp_path / "bpe", family="llama2", corpus=corpus, vocab_size=300)
+    tok = AutoTokenizer.from_pretrained(path)
+    text = "User 7 visited POI id 12 at 08:00, a Coffee Shop."
+    ids = tok(text).input_ids
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert len(ids) < len(text) / 2  # merged pieces, not characters
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.vocab_size == len(tok)

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -368,6 +369,8 @@ def build_tiny_model(
     initializer_range: float = 0.02,
     max_positions: int = 8192,
     extra_tokens: tuple[str, ...] = (),
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 512,
 ) -> Path:
     """Save a randomly initialised tiny ``LlamaForCausalLM`` and a tokenizer of ``family`` into
     ``folder`` (an HF folder any genrec stage loads).
@@ -376,6 +379,10 @@ def build_tiny_model(
     ``extra_tokens`` is one token of its own), adds the family's BOS the way the real one does, and carries
     the family's special tokens and chat template, so prompt building, masking and parsing behave as
     with the real model; only the numbers are random. Deterministic for a given ``seed``.
+
+    With a ``corpus``, the vocabulary is instead a byte-level BPE of at most ``vocab_size`` pieces
+    trained on it, so prompts cost about as many tokens as with a real tokenizer (a character-level
+    vocabulary makes a 1,000-word prompt several thousand tokens long).
     """
     import string
 
@@ -404,14 +411,30 @@ def build_tiny_model(
     vocab: dict[str, int] = {}
     for tok in [*special_tokens, *chars, *extra_tokens]:
         vocab.setdefault(tok, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk"]))
-    # "." would not match a newline: every character, newlines included, is its own piece.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
+    if corpus is not None:
+        from tokenizers import trainers
+
+        backend = Tokenizer(models.BPE(unk_token=specials["unk"]))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=special_tokens,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        backend.train_from_iterator(list(corpus), trainer=trainer)
+        vocab = backend.get_vocab()
+    else:
+        backend = Tokenizer(models.WordLevel(vocab, unk_token=specials["unk"]))
+        # "." would not match a newline: every character, newlines included, is its own piece.
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
     backend.add_special_tokens(special_tokens)
     if extra_tokens:
         # Added tokens are matched whole before the character split, so each word is one token.
         backend.add_tokens(list(extra_tokens))
+        vocab = backend.get_vocab()
     add_bos = family in ("llama2", "llama3", "generic")
     if add_bos:
         bos = specials["bos"]
@@ -435,7 +458,7 @@ def build_tiny_model(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(
-        vocab_size=len(vocab),
+        vocab_size=backend.get_vocab_size(),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
