@@ -28,7 +28,8 @@ STAGES: tuple[str, ...] = ("data", "profiles", "records", "coreset", "train", "e
 _SCHEMA: dict[str, dict[str, Any]] = {
     "run": {"name": "default", "root": "genrec-runs", "seed": 0, "progress": True, "description": ""},
     "data": {
-        "source": "synthetic",  # synthetic | files
+        "source": "synthetic",  # synthetic | files (ignored when dataset is set)
+        "dataset": "",  # a genrec_sftdata.list_datasets() name: fetched, prepared and cached through sftdata
         "users": 40,
         "city": {},  # extra genrec_sftdata.CityConfig fields
         "inputs": [],  # files (all splits), or see train/val/test
@@ -37,7 +38,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "test": "",
         "format": "auto",
         "max_users": 0,  # keep the first N users (by id) of the files; 0 = all
-        "prepare": {},  # genrec_sftdata.PrepareConfig fields
+        "prepare": {},  # genrec_sftdata.PrepareConfig fields (GoracsConfig fields for an Amazon dataset)
     },
     "profiles": {
         "enabled": True,
@@ -49,6 +50,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "batch_size": 8,
         "users": 0,  # 0 = all
         "dtype": "auto",  # local backend: auto (bf16 where the device computes it natively) | float32 | bfloat16 | float16
+        "protocol": "genrec",  # genrec | genup (GenUP's prompt, every check-in, JSON mode)
+        "genup": "",  # GenUP's own profile files (folder, table or hub id): read, not generated
         "options": {},  # genrec_profiler.ProfilerConfig fields
     },
     "records": {
@@ -59,6 +62,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "tallrec": [],  # ctr: TALLRec JSON files; each file's name gives its split
         "genup": "",  # next_poi: GenUP's published SFT records (hub id or save_to_disk folder) as they are
         "max_records": 0,  # keep at most N records per split (seeded sample); 0 = all
+        "protocol": "genrec",  # next_poi: genrec | genup (GenUP's records, text for text)
+        "profile_fields": "all",  # next_poi: all | summary+routines+preferences | summary (the profile ablation)
         "options": {},  # genrec_sftdata.NextPoiConfig / SeqRecConfig / CtrConfig fields
     },
     "coreset": {
@@ -72,6 +77,13 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "encoder": "default",  # sentence encoder for record embeddings
         "batch_size": 8,
         "dtype": "auto",  # of the gradient-norm forward: auto | float32 | bfloat16 | float16
+        "exact_shortcuts": True,  # method goracs: skip trials proven worse (the same selection)
+        "score": "auto",  # el2n / ccs / d2: auto (el2n) | el2n | grad_norm
+        "protocol": "ours",  # features: ours | goracs (the release's: trained adapter, whole-text loss, dropout)
+        "adapter": "",  # features protocol goracs: the trained Alpaca LoRA (peft folder or hub id)
+        "layer": -1,  # features protocol goracs: decoder layer of the v_proj LoRA-B gradient
+        "dropout": True,  # features protocol goracs: LoRA dropout on, seeded per record
+        "load_in_8bit": False,  # features protocol goracs: LLaMA in 8 bit (CUDA only)
         "options": {},
     },
     # genrec_trainer.TrainConfig fields in options; the rest launches torchrun (see _dist)
@@ -80,6 +92,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "split": "test",
         "mode": "ranked",  # ranked | generate | none (baselines only)
         "max_records": 0,  # 0 = all
+        "protocol": "genrec",  # next_poi: genrec | genup; seqrec: genrec | bigrec | goracs; ctr: genrec | tallrec | goracs
+        "city": "",  # protocol genup: nyc | tky | ca | moscow | sao_paulo (GenUP's decoding settings); "" = from the records
         "options": {},
     },
 }
@@ -238,6 +252,75 @@ def _choice(config: RunConfig, table: str, key: str, allowed: tuple[str, ...]) -
         )
 
 
+def _dataset(config: RunConfig, task: str) -> str:
+    """Check ``[data].dataset`` against the task; return it ("" when unset)."""
+    from genrec_pipeline.stages import CHECKIN_KINDS, RATING_KINDS, dataset_kind
+
+    name = str(config["data"]["dataset"])
+    if not name:
+        return ""
+    try:
+        kind = dataset_kind(name)
+    except PipelineError as exc:
+        raise PipelineError(f"{config.source}: [data].dataset: {exc}") from None
+    if kind == "genup":
+        from genrec_sftdata import list_datasets
+
+        hub = next(s.hub_id for s in list_datasets() if s.name == name)
+        raise PipelineError(
+            f"{config.source}: [data].dataset = {name!r} holds GenUP's SFT records, not check-ins; "
+            f"use [records].genup = {hub!r}"
+        )
+    if kind not in CHECKIN_KINDS + RATING_KINDS:
+        raise PipelineError(f"{config.source}: [data].dataset = {name!r} has no reader in genrec_sftdata (fetch only)")
+    if kind in CHECKIN_KINDS and task != "next_poi":
+        raise PipelineError(f"{config.source}: [data].dataset = {name!r} holds check-ins (next_poi); [records].task is {task!r}")
+    if kind in RATING_KINDS and task == "next_poi":
+        raise PipelineError(
+            f"{config.source}: [data].dataset = {name!r} holds ratings (seqrec, ctr); [records].task is 'next_poi'"
+        )
+    if kind == "bookcrossing" and task == "seqrec":
+        raise PipelineError(f"{config.source}: [data].dataset = 'bookcrossing' has no times to order a sequence; use ctr")
+    return name
+
+
+_EVAL_PROTOCOLS = {"next_poi": ("genrec", "genup"), "seqrec": ("genrec", "bigrec", "goracs"),
+                   "ctr": ("genrec", "tallrec", "goracs")}  # fmt: skip
+
+
+def _protocols(config: RunConfig, task: str) -> None:
+    """The published protocols: each table's value, and the combinations a protocol cannot run in."""
+    src = config.source
+    _choice(config, "profiles", "protocol", ("genrec", "genup"))
+    _choice(config, "records", "protocol", ("genrec", "genup"))
+    _choice(config, "coreset", "protocol", ("ours", "goracs"))
+    _choice(config, "coreset", "score", ("auto", "el2n", "grad_norm"))
+    ev = config["evaluate"]
+    if ev["protocol"] not in _EVAL_PROTOCOLS[task]:
+        raise PipelineError(
+            f"{src}: [evaluate].protocol must be one of {', '.join(_EVAL_PROTOCOLS[task])} for {task}; "
+            f"got {ev['protocol']!r}"
+        )
+    if config["records"]["protocol"] != "genrec" and task != "next_poi":
+        raise PipelineError(f"{src}: [records].protocol = 'genup' is for next_poi records; [records].task is {task!r}")
+    if ev["protocol"] == "genup" and ev["mode"] == "ranked":
+        raise PipelineError(f"{src}: [evaluate].protocol = 'genup' generates (GenUP has no ranked mode); "
+                            "set [evaluate].mode = 'generate'")  # fmt: skip
+    if ev["city"] and ev["protocol"] != "genup":
+        raise PipelineError(f"{src}: [evaluate].city picks GenUP's decoding settings; set [evaluate].protocol = 'genup'")
+    core = config["coreset"]
+    if core["protocol"] == "goracs" and not core["adapter"]:
+        raise PipelineError(
+            f"{src}: [coreset].protocol = 'goracs' needs [coreset].adapter (the trained Alpaca LoRA the release "
+            "computes its gradients through)"
+        )
+    if core["protocol"] == "ours" and core["adapter"]:
+        raise PipelineError(f"{src}: [coreset].adapter is for protocol 'goracs' (ours starts a fresh LoRA)")
+    prof = config["profiles"]
+    if prof["genup"] and task != "next_poi":
+        raise PipelineError(f"{src}: [profiles].genup holds user profiles for next_poi; [records].task is {task!r}")
+
+
 def validate(config: RunConfig) -> None:
     """Check the values (beyond types) and let each stage's package check its options, so that a
     misspelt option fails before anything runs."""
@@ -250,10 +333,18 @@ def validate(config: RunConfig) -> None:
     _choice(config, "records", "task", ("next_poi", "seqrec", "ctr"))
     task = config["records"]["task"]
     rec = config["records"]
-    if task == "seqrec" and not (rec["items"] and rec["interactions"]):
-        raise PipelineError(f"{config.source}: [records].task = 'seqrec' needs [records].items and [records].interactions")
-    if task == "ctr" and not (rec["tallrec"] or (rec["ratings"] and rec["items"])):
-        raise PipelineError(f"{config.source}: [records].task = 'ctr' needs [records].tallrec, or [records].ratings and items")
+    dataset = _dataset(config, task)
+    if task == "seqrec" and not dataset and not (rec["items"] and rec["interactions"]):
+        raise PipelineError(
+            f"{config.source}: [records].task = 'seqrec' needs [records].items and [records].interactions, "
+            "or [data].dataset"
+        )
+    if task == "ctr" and not dataset and not (rec["tallrec"] or (rec["ratings"] and rec["items"])):
+        raise PipelineError(
+            f"{config.source}: [records].task = 'ctr' needs [records].tallrec, or [records].ratings and items, "
+            "or [data].dataset"
+        )
+    _protocols(config, task)
     if rec["genup"] and task != "next_poi":
         raise PipelineError(f"{config.source}: [records].genup holds next_poi records; [records].task is {task!r}")
     if rec["genup"] and config["evaluate"]["mode"] == "none":
@@ -272,6 +363,7 @@ def validate(config: RunConfig) -> None:
     if (
         task == "next_poi"
         and not rec["genup"]
+        and not config["data"]["dataset"]
         and config["data"]["source"] == "files"
         and not (config["data"]["inputs"] or config["data"]["train"])
     ):

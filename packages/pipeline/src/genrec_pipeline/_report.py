@@ -68,11 +68,22 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(values: Mapping[str, Any], metric: str) -> str:
+    """``0.3100 [0.2700, 0.3500]``: the value and its 95% interval when metrics.json has one."""
+    value = values.get(metric, "")
+    ci = values.get("ci", {}).get(metric) if isinstance(values.get("ci"), Mapping) else None
+    if isinstance(value, float) and isinstance(ci, Mapping) and "low" in ci and "high" in ci:
+        return f"{value:.4f} [{ci['low']:.4f}, {ci['high']:.4f}]"
+    return _fmt(value)
+
+
 def metric_table(metrics: Mapping[str, Mapping[str, Any]], task: str = "next_poi") -> list[list[str]]:
-    headline = HEADLINES.get(task, HEADLINES["next_poi"])
-    rows = [["system", *headline]]
+    """One row per system: each headline metric with its 95% bootstrap interval, then ``n``."""
+    headline = [m for m in HEADLINES.get(task, HEADLINES["next_poi"]) if m != "n"]
+    present = [m for m in headline if any(m in v for v in metrics.values())] or headline
+    rows = [["system", *present, "n"]]
     for system, values in metrics.items():
-        rows.append([system, *(_fmt(values.get(m, "")) for m in headline)])
+        rows.append([system, *(_cell(values, m) for m in present), _fmt(values.get("n", ""))])
     return rows
 
 
@@ -89,21 +100,104 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def verdict(metrics: Mapping[str, Mapping[str, Any]], model: str = "model") -> str | None:
-    """One plain sentence: does the fine-tuned model beat the popularity baseline on acc@1?"""
+#: The metric each task's verdicts are stated on (the evaluator's headline metric).
+VERDICT_METRIC = {"next_poi": "acc@1", "seqrec": "ndcg@10", "ctr": "auc"}
+
+
+def _p(p: float) -> str:
+    return "p < 0.0001" if p < 1e-4 else f"p = {p:.4f}"
+
+
+def verdicts(metrics: Mapping[str, Mapping[str, Any]], task: str = "next_poi", model: str = "model") -> list[str]:
+    """One sentence per baseline from the evaluator's paired test of the model against it on the
+    task's headline metric (``metrics[model]["vs"][baseline][metric]``): the verdict (``beats``, ``is
+    beaten by``, ``cannot be told apart from``, at p < 0.05), both values, the difference with its
+    interval, and p. Raw numbers alone are never compared: a difference inside the noise is a tie."""
     if model not in metrics:
-        return None
-    pop = next((s for s in metrics if "popular" in s), None)
-    if pop is None:
-        return None
-    ours, base = metrics[model].get("acc@1"), metrics[pop].get("acc@1")
-    if ours is None or base is None:
-        return None
-    if ours > base:
-        return f"The fine-tuned model beats the {pop} baseline on acc@1 ({ours:.4f} vs {base:.4f})."
-    if ours == base:
-        return f"The fine-tuned model ties the {pop} baseline on acc@1 ({ours:.4f})."
-    return f"The fine-tuned model does NOT beat the {pop} baseline on acc@1 ({ours:.4f} vs {base:.4f})."
+        return []
+    metric = VERDICT_METRIC.get(task, "acc@1")
+    if task == "seqrec" and metric not in metrics[model] and "sampled_ndcg@10" in metrics[model]:
+        metric = "sampled_ndcg@10"
+    out = []
+    for baseline, tests in (metrics[model].get("vs") or {}).items():
+        test = tests.get(metric) if isinstance(tests, Mapping) else None
+        if not isinstance(test, Mapping) or "verdict" not in test:
+            continue
+        ours, theirs = metrics[model].get(metric), metrics.get(baseline, {}).get(metric)
+        values = f"{ours:.4f} vs {theirs:.4f}, " if isinstance(ours, float) and isinstance(theirs, float) else ""
+        diff = ""
+        if all(isinstance(test.get(k), float | int) for k in ("diff", "low", "high")):
+            diff = f"difference {test['diff']:+.4f} [{test['low']:+.4f}, {test['high']:+.4f}], "
+        p = _p(float(test["p"])) if isinstance(test.get("p"), float | int) else "p unknown"
+        out.append(f"The fine-tuned model {test['verdict']} {baseline} on {metric} ({values}{diff}{p}, "
+                   f"{test.get('test', 'paired test')}, n={test.get('n', metrics[model].get('n', '?'))}).")  # fmt: skip
+    return out
+
+
+def verdict(metrics: Mapping[str, Mapping[str, Any]], model: str = "model") -> str | None:
+    """The sentence on the popularity baseline (next-POI), from the paired test."""
+    lines = verdicts(metrics, "next_poi", model)
+    return next((line for line in lines if "popular" in line), lines[0] if lines else None)
+
+
+def protocol_lines(run: Mapping[str, Any], systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What a reader needs to weigh the numbers, from the evaluation's ``run.json`` (``protocol``):
+    which protocol, whether the full split or a subset was scored, the share of answers already in the
+    prompt's history (with acc@1 on each side), and the model's invalid-output rate."""
+    proto = run.get("protocol") or {}
+    lines = []
+    name = proto.get("name")
+    if name:
+        lines.append(f"Protocol: {name}.")
+    if "scored" in proto:
+        lines.append(f"Scored {proto['scored']}" + ("." if proto.get("full_split") else " (not the full split)."))
+    seen = proto.get("answer_in_history")
+    if isinstance(seen, Mapping) and "share" in seen:
+        line = (f"Answer already in the prompt's history: {seen['share']:.1%} of records "
+                f"({seen.get('n_in', '?')} in, {seen.get('n_out', '?')} out)")  # fmt: skip
+        acc = (seen.get("acc@1") or {}).get("model")
+        if isinstance(acc, Mapping) and acc:
+            parts = [f"{g} {v:.4f}" for g, v in acc.items() if isinstance(v, float | int)]
+            line += "; model acc@1 " + ", ".join(parts) if parts else ""
+        lines.append(line + ".")
+    invalid = proto.get("invalid_rate", systems.get("model", {}).get("invalid_rate"))
+    if isinstance(invalid, float | int):
+        lines.append(f"Invalid model outputs: {invalid:.1%}.")
+    return lines
+
+
+def profile_lines(profiles: Mapping[str, Any] | None, records: Mapping[str, Any] | None) -> list[str]:
+    """The profile quality block: valid / repaired / failed counts, the valid rate and what
+    ``genrec_profiler.profile_stats`` measured, how many records fell back to the generic system
+    prompt, and a warning line when fewer than 90% of the profiles are valid as written."""
+    lines: list[str] = []
+    if profiles:
+        quality = profiles.get("quality") or {}
+        status = quality.get("status") or {k: profiles.get(k, 0) for k in ("ok", "repaired", "failed")}
+        total = sum(int(v) for v in status.values()) or int(profiles.get("users", 0) or 0)
+        valid = quality.get("valid_rate")
+        if valid is None and total:
+            valid = int(status.get("ok", 0)) / total
+        head = f"Profiles: {total} users, valid {status.get('ok', 0)}, repaired {status.get('repaired', 0)}, " \
+               f"failed {status.get('failed', 0)}"
+        if isinstance(valid, float | int):
+            head += f" (valid as written: {valid:.0%})"
+        lines.append(head + ".")
+        extra = []
+        if isinstance(quality.get("copied"), float | int):
+            extra.append(f"copied from the prompt {quality['copied']:.0%}")
+        if isinstance(quality.get("top3_agreement"), float | int):
+            extra.append(f"preferences naming a top-3 category {quality['top3_agreement']:.0%}")
+        if extra:
+            lines.append("Profile quality: " + ", ".join(extra) + ".")
+        warnings = list(quality.get("warnings") or [])
+        if not warnings and isinstance(valid, float | int) and total and valid < 0.9:
+            warnings.append(f"WARNING: only {valid:.0%} of profiles are valid as the model wrote them")
+        lines += warnings
+    generic = (records or {}).get("generic_prompt")
+    if isinstance(generic, int):
+        lines.append(f"Records with the generic system prompt (no profile for their user): {generic}.")
+    return lines
 
 
 def write_run_report(
@@ -143,6 +237,14 @@ def write_run_report(
             lines_md += [sentence, ""]
             lines_txt += ["", sentence]
 
+    profile_block = profile_lines(
+        artifacts["profiles"].summary if "profiles" in artifacts else None,
+        artifacts["records"].summary if "records" in artifacts else None,
+    )
+    if profile_block:
+        lines_md += ["## Profiles", "", *[f"- {line}" for line in profile_block], ""]
+        lines_txt += ["", *profile_block]
+
     evaluation = artifacts.get("evaluate")
     if evaluation is not None and "metrics" in evaluation.files and evaluation["metrics"].is_file():
         metrics = json.loads(evaluation["metrics"].read_text(encoding="utf-8"))
@@ -151,12 +253,18 @@ def write_run_report(
         task = str(evaluation.summary.get("task", "next_poi"))
         rows = metric_table(systems, task)
         split = config["evaluate"]["split"]
-        lines_md += [f"## {task} metrics ({split} split)", "", _md_table(rows), ""]
-        lines_txt += ["", f"{task} metrics on the {split} split:", _text_table(rows)]
-        said = verdict(systems) if task == "next_poi" else None
+        lines_md += [f"## {task} metrics ({split} split, 95% bootstrap intervals)", "", _md_table(rows), ""]
+        lines_txt += ["", f"{task} metrics on the {split} split (95% bootstrap intervals):", _text_table(rows)]
+        said = verdicts(systems, task)
         if said:
-            lines_md += [said, ""]
-            lines_txt += ["", said]
+            lines_md += [*[f"- {line}" for line in said], ""]
+            lines_txt += ["", *said]
+        run_json = evaluation.files.get("run")
+        if run_json is not None and Path(run_json).is_file():
+            flags = protocol_lines(json.loads(Path(run_json).read_text(encoding="utf-8")), systems)
+            if flags:
+                lines_md += ["### Protocol", "", *[f"- {line}" for line in flags], ""]
+                lines_txt += ["", *flags]
         if "report" in evaluation.files:
             lines_md += [f"Full evaluation report: `{evaluation['report']}`", ""]
     report = run_dir / "report.md"

@@ -25,9 +25,9 @@ _VOLATILE = {"progress", "description", "name", "root", *_dist.LAUNCH_KEYS}
 # Settings naming files or folders a stage reads: keyed by their content, not their path.
 _INPUTS: dict[str, tuple[str, ...]] = {
     "data": ("inputs", "train", "val", "test"),
-    "profiles": ("model",),
+    "profiles": ("model", "genup"),
     "records": ("items", "interactions", "ratings", "tallrec", "genup"),
-    "coreset": ("model", "encoder"),
+    "coreset": ("model", "encoder", "adapter"),
 }
 _OPTION_INPUTS = ("model", "val", "adapter")
 
@@ -42,6 +42,8 @@ class StagePlan:
     action: str  # run | resume | reuse | skip (disabled or not selected)
     reason: str
     upstream: tuple[str, ...] = ()
+    #: What the stage will do, in words: the data set, protocols, method, recipe (``--dry-run`` shows it).
+    detail: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,8 +60,11 @@ class RunResult:
 
 
 def _enabled(config: RunConfig, stage: str) -> bool:
-    if stage in ("data", "profiles") and config["records"]["task"] != "next_poi":
-        return False  # SeqRec and CTR records are built from their own inputs
+    if stage == "data" and config["records"]["task"] != "next_poi":
+        # SeqRec and CTR records come from their own files when given (they win), else from a data set.
+        return bool(config["data"]["dataset"]) and not local_record_files(config)
+    if stage == "profiles" and config["records"]["task"] != "next_poi":
+        return False
     if stage in ("data", "profiles") and config["records"]["genup"]:
         return False  # GenUP's published records carry their profiles and prompts already
     if stage == "profiles":
@@ -67,6 +72,16 @@ def _enabled(config: RunConfig, stage: str) -> bool:
     if stage == "coreset":
         return bool(config["coreset"]["enabled"])
     return True
+
+
+def local_record_files(config: RunConfig) -> bool:
+    """Whether ``[records]`` names the files its seqrec/ctr records are built from."""
+    rec = config["records"]
+    if rec["task"] == "seqrec":
+        return bool(rec["items"] and rec["interactions"])
+    if rec["task"] == "ctr":
+        return bool(rec["tallrec"] or (rec["ratings"] and rec["items"]))
+    return False
 
 
 def _upstream(config: RunConfig, stage: str) -> tuple[str, ...]:
@@ -100,7 +115,26 @@ def _settings(config: RunConfig, stage: str) -> dict[str, Any]:
         table["options"] = options
     if stage in ("data", "profiles", "records", "coreset", "train"):
         table["seed"] = config["run"]["seed"]
+    if stage == "data" and table.get("dataset"):
+        table["fetched"] = _fetched_key(str(table["dataset"]))
     return table
+
+
+def _fetched_key(name: str) -> Any:
+    """A data set's part of the data stage's key: the content of its fetched files
+    (``genrec_core.fingerprint``), or the hub id of a hub data set, or ``"not fetched"`` before the
+    first fetch (``run`` fetches first, so only ``--dry-run`` sees that)."""
+    from genrec_core import fingerprint
+    from genrec_sftdata import list_datasets
+
+    source = next((s for s in list_datasets() if s.name == name), None)
+    if source is None or source.hub_id:
+        return source.hub_id if source is not None else name
+    folder = st.fetched_dataset(name)
+    if folder is None:
+        return "not fetched"
+    # The downloaded files only: preparing extracts members beside them, which must not change the key.
+    return {f: fingerprint(folder / f) for f in source.files}
 
 
 def _select(
@@ -150,20 +184,63 @@ def plan(
             action, reason = "skip", "not selected"
         elif stage in forced:
             action, reason = "run", "forced"
+        elif stage == "data" and _settings(config, "data").get("fetched") == "not fetched":
+            action, reason = "run", f"fetches {config['data']['dataset']} first (its content then keys the stage)"
         elif state == "done":
             action, reason = "reuse", "cached: same settings and inputs"
         elif state == "partial":
             action, reason = "resume", "interrupted earlier: resuming in place"
         else:
             action, reason = "run", "new settings or inputs"
-        out.append(StagePlan(stage=stage, key=key, folder=folder, action=action, reason=reason, upstream=up))
+        out.append(StagePlan(stage=stage, key=key, folder=folder, action=action, reason=reason, upstream=up,
+                             detail=describe(config, stage) if _enabled(config, stage) else ""))  # fmt: skip
     return tuple(out)
+
+
+def describe(config: RunConfig, stage: str) -> str:
+    """One line on what ``stage`` does under ``config``: which data set, protocol, method or recipe."""
+    t = config[stage]
+    task = config["records"]["task"]
+    if stage == "data":
+        if t["dataset"]:
+            return f"data set {t['dataset']} (genrec_sftdata.fetch + prepare_fetched)"
+        return f"{t['source']} check-ins"
+    if stage == "profiles":
+        if t["genup"]:
+            return f"GenUP's own profiles from {t['genup']} (read_genup_profiles)"
+        return f"protocol {t['protocol']}, {t['backend']} backend, model {t['model']}"
+    if stage == "records":
+        if task != "next_poi":
+            named = config["data"]["dataset"] and not local_record_files(config)
+            source = f"data set {config['data']['dataset']}" if named else "files"
+            return f"{task} records from {source}"
+        source = f"GenUP's records {t['genup']}" if t["genup"] else "the prepared check-ins"
+        return f"next_poi protocol {t['protocol']}, profile fields {t['profile_fields']}, from {source}"
+    if stage == "coreset":
+        features = f"features protocol {t['protocol']}"
+        if t["protocol"] == "goracs":
+            features += f" (adapter {t['adapter']}, layer {t['layer']}, encoder {t['encoder']})"
+        extra = f", exact shortcuts {'on' if t['exact_shortcuts'] else 'off'}" if t["method"] == "goracs" else ""
+        return f"method {t['method']}, budget {t['budget']}, lambda {t['lam']}{extra}; {features}"
+    if stage == "train":
+        model = t["options"].get("model", "the recipe's model")
+        return f"recipe {t['recipe'] or '(none)'}, model {model}"
+    if stage == "evaluate":
+        mode = f", {t['mode']} mode" if task == "next_poi" else ""
+        line = f"{task} protocol {t['protocol']}{mode}, {t['split']} split"
+        city = t["city"] or _genup_city(config)
+        if city:
+            line += f", city {city}"
+        return line + (f", at most {t['max_records']} records" if t["max_records"] else ", every record")
+    return ""
 
 
 def format_plan(items: Sequence[StagePlan]) -> str:
     lines = [f"{'stage':<9} {'action':<7} {'key':<12}  folder / reason"]
     for item in items:
         lines.append(f"{item.stage:<9} {item.action:<7} {item.key:<12}  {item.folder}  ({item.reason})")
+        if item.detail:
+            lines.append(f"{'':<9} {'':<7} {'':<12}  {item.detail}")
     return "\n".join(lines)
 
 
@@ -191,6 +268,7 @@ def _call_stage(
             format=t["format"],
             max_users=t["max_users"],
             prepare=t["prepare"],
+            dataset=t["dataset"],
         )
     if stage == "profiles":
         return st.profile(
@@ -205,6 +283,8 @@ def _call_stage(
             users=t["users"],
             dtype=t["dtype"],
             seed=seed,
+            protocol=t["protocol"],
+            genup=config.resolve(t["genup"]) or None,
             options=t["options"],
             progress=progress,
         )
@@ -221,6 +301,8 @@ def _call_stage(
             genup=config.resolve(t["genup"]) or None,
             max_records=t["max_records"],
             seed=seed,
+            protocol=t["protocol"],
+            profile_fields=t["profile_fields"],
             options=t["options"],
         )
     if stage == "coreset":
@@ -237,6 +319,13 @@ def _call_stage(
             batch_size=t["batch_size"],
             dtype=t["dtype"],
             seed=seed,
+            exact_shortcuts=t["exact_shortcuts"],
+            score=t["score"],
+            protocol=t["protocol"],
+            adapter=config.resolve(t["adapter"]),
+            layer=t["layer"],
+            dropout=t["dropout"],
+            load_in_8bit=t["load_in_8bit"],
             options=t["options"],
             progress=progress,
         )
@@ -260,10 +349,35 @@ def _call_stage(
             split=t["split"],
             mode=t["mode"],
             max_records=t["max_records"],
+            protocol=t["protocol"],
+            city=t["city"] or _genup_city(config),
             options=t["options"],
             progress=progress,
         )
     raise PipelineError(f"unknown stage {stage!r}")  # pragma: no cover
+
+
+def _genup_city(config: RunConfig) -> str:
+    """GenUP's city of a run on GenUP's records, from the records' name (``w11wo/FourSquare-TKY-POI``)."""
+    if config["evaluate"]["protocol"] != "genup" or not config["records"]["genup"]:
+        return ""
+    from genrec_evaluator import genup_city
+
+    return genup_city(str(config["records"]["genup"])) or ""
+
+
+def _fetch_datasets(config: RunConfig, items: Sequence[StagePlan]) -> bool:
+    """Fetch the run's named data set before the plan is final, so that the data stage is keyed by
+    what was fetched; True when something was fetched."""
+    name = config["data"]["dataset"]
+    wanted = any(i.stage == "data" and i.action in ("run", "resume") for i in items)
+    if not name or not wanted or _fetched_key(name) != "not fetched":
+        return False
+    from genrec_sftdata import fetch
+
+    log.info("data: fetching %s", name)
+    fetch(name)
+    return True
 
 
 def _event(run_dir: Path, item: StagePlan, role: _dist.Role, what: str) -> None:
@@ -305,6 +419,8 @@ def run(
     show = bool(config["run"]["progress"]) if progress is None else progress
     items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
     role = _dist.role(config["train"])
+    if role.primary and _fetch_datasets(config, items):
+        items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
     run_dir = config.run_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, st.Artifact] = {}

@@ -38,7 +38,8 @@ def guess_family(name: str) -> str:
 
         return model_family(path)
     low = name.lower()
-    if "longlora" in low or re.search(r"llama-?2", low):
+    # LLaMA-1 (huggyllama/llama-7b, GORACS's base) has Llama-2's sentencepiece tokenizer.
+    if "longlora" in low or re.search(r"llama-?2", low) or "huggyllama" in low or re.search(r"llama-(7|13|30|65)b", low):
         return "llama2"
     if re.search(r"llama-?3", low):
         return "llama3"
@@ -56,6 +57,32 @@ def tiny_model(family: str) -> Path:
     if not (folder / "config.json").is_file():
         def write(tmp: Path) -> None:
             build_tiny_model(tmp, family=family)
+
+        atomic_write_dir(folder, write)
+    return folder
+
+
+def tiny_adapter(family: str) -> Path:
+    """A cached random LoRA (rank 8 on ``q_proj``/``v_proj``, ``B`` nonzero so that it changes the
+    model) for the tiny model of ``family``: what a trained Alpaca LoRA is to GORACS's features."""
+    from genrec_core import atomic_write_dir, cache_dir
+
+    base = tiny_model(family)
+    folder = cache_dir() / "smoke" / f"tiny-{family}-lora"
+    if not (folder / "adapter_config.json").is_file():
+        def write(tmp: Path) -> None:
+            import torch
+            from peft import LoraConfig, get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            torch.manual_seed(0)
+            model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)),
+                                   LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))  # fmt: skip
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if "lora_B" in name:
+                        param.normal_(0.0, 0.02)
+            model.save_pretrained(str(tmp))
 
         atomic_write_dir(folder, write)
     return folder
@@ -184,6 +211,10 @@ def smoke_config(config: RunConfig) -> RunConfig:
         ch.set("coreset.candidates", core["candidates"], min(int(core["candidates"]), 8), say=False)
         ch.set("coreset.batch_size", core["batch_size"], min(int(core["batch_size"]), 8), say=False)
         ch.set("coreset.dtype", core["dtype"], _cpu_dtype(str(core["dtype"])))
+        if core["protocol"] == "goracs":
+            ch.set("coreset.adapter", core["adapter"], str(tiny_adapter(guess_family(str(core["model"])))), say=False)
+            if core["load_in_8bit"]:
+                ch.set("coreset.load_in_8bit", True, False)
         opts = dict(core["options"])
         ch.set("coreset.options.max_length", opts.get("max_length", 512), min(int(opts.get("max_length", 512)), 256), say=False)
         if "max_val" in opts:
@@ -206,6 +237,10 @@ def smoke_config(config: RunConfig) -> RunConfig:
     if length > MAX_LENGTH:
         ch.set("train.options.max_length", length, MAX_LENGTH, say=False)
         ch.set("train.options.truncation", effective.get("truncation", False), True, say=False)
+    elif not effective.get("truncation", False):
+        # The tiny models' tokenizers split text finer than the real ones, so a record that fits the
+        # real max_length can overflow it here: cut its prompt (from the left) rather than refuse it.
+        ch.set("train.options.truncation", False, True)
     device = str(effective.get("device", "auto"))
     if device.startswith("cuda"):
         ch.set("train.options.device", device, "cpu")

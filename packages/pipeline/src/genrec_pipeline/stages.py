@@ -200,18 +200,31 @@ def data(
     format: str = "auto",
     max_users: int = 0,
     prepare: Mapping[str, Any] | None = None,
+    dataset: str = "",
 ) -> DataArtifact:
     """Check-ins prepared with LLM4POI's rules: a synthetic city (``source="synthetic"``) or files in
     any format ``genrec_sftdata.read_checkins`` reads (``inputs``, or ``train``/``val``/``test`` files
     whose split is kept). ``max_users``: after preparing all of them (so the POI and user filters see
-    the whole data), keep the first N users (by ``user_idx``) with a test check-in."""
+    the whole data), keep the first N users (by ``user_idx``) with a test check-in.
+
+    ``dataset``: a ``genrec_sftdata.list_datasets()`` name, fetched (into the genrec cache, verified)
+    and prepared by ``genrec_sftdata.prepare_fetched`` (``prepare``: its options). Check-in sets give
+    the prepared folder above; rating sets (Amazon, MovieLens, Book-Crossing) give ``interactions`` and
+    ``items`` tables, and Amazon domains GORACS's ``seqrec/`` and ``ctr/`` records beside them."""
     import polars as pl
 
     from genrec_sftdata import PrepareConfig, load_prepared, read_checkins, synthesize_city
     from genrec_sftdata import prepare as prepare_checkins
 
     folder = _folder(out)
-    if source == "synthetic":
+    if dataset and dataset_kind(dataset) not in CHECKIN_KINDS:
+        return _rating_dataset(dataset, folder, prepare or {})
+    if dataset:
+        from genrec_sftdata import prepare_fetched
+
+        prepare_fetched(dataset, folder, **dict(prepare or {}))
+        prepared = load_prepared(folder)
+    elif source == "synthetic":
         raw = synthesize_city(n_users=users, seed=seed, **dict(city or {}))
     elif source == "files":
         frames = []
@@ -225,7 +238,8 @@ def data(
         raw = pl.concat(frames, how="diagonal_relaxed")
     else:
         raise PipelineError(f"data: unknown source {source!r}; use 'synthetic' or 'files'")
-    prepared = prepare_checkins(raw, out=folder, config=PrepareConfig(**dict(prepare or {})))
+    if not dataset:
+        prepared = prepare_checkins(raw, out=folder, config=PrepareConfig(**dict(prepare or {})))
     files = {name: folder / f"{name}.parquet" for name in ("checkins", "train", "val", "test")}
     if max_users:
         tested = prepared.test["user_idx"].unique().sort().head(max_users).implode()
@@ -244,8 +258,83 @@ def data(
         if isinstance(split_stats, dict)
         else {},
     }
+    if dataset:
+        summary["dataset"] = dataset
     schema = {name: CHECKIN_COLUMNS for name in ("checkins", "train", "val", "test")}
     return _finish(DataArtifact(stage="data", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+#: ``genrec_sftdata`` data set kinds that prepare into check-ins (next_poi), and those that give
+#: ``interactions`` and ``items`` (seqrec, ctr).
+CHECKIN_KINDS = ("tsmc", "gowalla", "llm4poi")
+RATING_KINDS = ("amazon", "movielens-100k", "movielens-1m", "bookcrossing")
+
+
+def dataset_kind(name: str) -> str:
+    """The reader kind of a ``genrec_sftdata`` data set name (``PipelineError`` naming the known ones)."""
+    from genrec_sftdata import list_datasets
+
+    kinds = {s.name: s.kind for s in list_datasets()}
+    if name not in kinds:
+        raise PipelineError(f"unknown data set {name!r}; known: {', '.join(kinds)}")
+    return kinds[name]
+
+
+def fetched_dataset(name: str) -> Path | None:
+    """The folder ``genrec_sftdata.fetch(name)`` fills, when every file of it is there already
+    (``None`` otherwise, and for hub data sets, which the Hugging Face cache keeps)."""
+    from genrec_sftdata import datasets_dir, list_datasets
+
+    source = next(s for s in list_datasets() if s.name == name)
+    if not source.urls:
+        return None
+    folder = datasets_dir() / name
+    return folder if all((folder / f).is_file() for f in source.files) else None
+
+
+def _rating_dataset(name: str, folder: Path, options: Mapping[str, Any]) -> DataArtifact:
+    import shutil
+
+    from genrec_sftdata import prepare_fetched
+
+    where = folder / "dataset"
+    if where.exists():
+        # This stage's own earlier (unfinished) output: sftdata refuses to write over a folder of folders.
+        shutil.rmtree(where)
+    prepare_fetched(name, where, **dict(options))
+    files = {"interactions": where / "interactions.parquet", "items": where / "items.parquet"}
+    summary: dict[str, Any] = {"dataset": name, "interactions": _rows(files["interactions"]),
+                               "items": _rows(files["items"])}  # fmt: skip
+    for task in ("seqrec", "ctr"):
+        for split in ("train", "val", "test"):
+            path = where / task / f"{split}.parquet"
+            if path.is_file():
+                files[f"{task}_{split}"] = path
+                summary[f"{task}_{split}"] = _rows(path)
+    if dataset_kind(name) == "amazon":
+        files["catalogue"] = folder / "catalogue.parquet"
+        atomic_write_parquet(files["catalogue"], _amazon_catalogue(where, name, options))
+        summary["catalogue"] = _rows(files["catalogue"])
+    return _finish(DataArtifact(stage="data", path=folder, files=files, summary=summary))  # type: ignore[return-value]
+
+
+def _amazon_catalogue(where: Path, name: str, options: Mapping[str, Any]) -> Any:
+    """``item_id`` (the integer id GORACS's records use: the ASIN's rank among the reviewed items) and
+    ``title`` (GORACS's title rule) of every reviewed item with a title: the catalogue SeqRec grounds to."""
+    import polars as pl
+
+    from genrec_sftdata import GoracsConfig, goracs_titles, list_datasets
+
+    domain = next(s for s in list_datasets() if s.name == name).options["domain"]
+    config = GoracsConfig(**{"domain": domain, **dict(options)})
+    reviewed = pl.read_parquet(where / "interactions.parquet").select(pl.col("item_id").unique().sort())
+    ids = reviewed.with_row_index("iid").with_columns(pl.col("iid").cast(pl.Int64))
+    titles = goracs_titles(pl.read_parquet(where / "items.parquet"), config)
+    return (
+        ids.join(titles, on="item_id", how="inner")
+        .select(pl.col("iid").alias("item_id"), "title", pl.col("item_id").alias("asin"))
+        .sort("item_id")
+    )
 
 
 # ------------------------------------------------------------------------------------------- profiles
@@ -264,15 +353,25 @@ def profile(
     users: int = 0,
     dtype: str = "auto",
     seed: int = 0,
+    protocol: str = "genrec",
+    genup: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> ProfilesArtifact:
     """A profile per user from the training check-ins (GenUP), with the ``local`` (transformers),
     ``openai`` (any OpenAI-compatible server) or ``template`` (no LLM) backend. Resumes a partial
-    ``profiles.parquet`` in ``out``."""
+    ``profiles.parquet`` in ``out``. ``protocol="genup"``: GenUP's prompt over every training check-in
+    (``genrec_profiler.ProfilerConfig``). ``genup``: GenUP's own profile files (a folder of
+    ``user_profile_<id>.json``, its profiles table, or a hub id), read by
+    ``genrec_profiler.read_genup_profiles`` instead of generated.
+
+    The summary carries ``quality``: ``genrec_profiler.profile_stats`` (valid rate, status counts,
+    copied share, top-3 agreement) and its warning lines."""
     from genrec_profiler import OpenAIBackend, ProfilerConfig, TemplateBackend, generate_profiles
 
     folder = _folder(out)
+    if genup:
+        return _genup_profiles(data, folder, genup)
     client: Any
     if backend == "local":
         from genrec_profiler import LocalBackend
@@ -291,11 +390,12 @@ def profile(
     else:
         raise PipelineError(f"profiles: unknown backend {backend!r}; use local, openai or template")
     config = ProfilerConfig(
-        **{"batch_size": batch_size, "users": users or None, "progress": progress, **dict(options or {})}
+        **{"batch_size": batch_size, "users": users or None, "progress": progress, "protocol": protocol,
+           **dict(options or {})}
     )
     result = generate_profiles(_data_dir(data), config=config, client=client, out=folder / "profiles.parquet")
     _check(PROFILES, Path(result.path))
-    summary = {
+    summary: dict[str, Any] = {
         "users": result.n_users,
         "ok": result.n_ok,
         "repaired": result.n_repaired,
@@ -303,6 +403,7 @@ def profile(
         "resumed": result.n_resumed,
         "tokens_out": result.tokens_out,
         "seconds": round(result.seconds, 1),
+        "quality": profile_quality(result.path, data),
     }
     return _finish(  # type: ignore[return-value]
         ProfilesArtifact(
@@ -313,6 +414,47 @@ def profile(
             summary=summary,
         )
     )
+
+
+def _genup_profiles(data: DataArtifact | str | Path | None, folder: Path, source: str | Path) -> ProfilesArtifact:
+    import polars as pl
+
+    from genrec_profiler import read_genup_profiles
+
+    table = read_genup_profiles(source)
+    path = folder / "profiles.parquet"
+    atomic_write_parquet(path, PROFILES.validate(table, source=str(source)))
+    status = table["status"].value_counts() if "status" in table.columns else pl.DataFrame()
+    counts = {str(k): int(v) for k, v in status.iter_rows()} if status.height else {}
+    summary = {"users": table.height, "genup": str(source), "ok": counts.get("ok", 0),
+               "repaired": counts.get("repaired", 0), "failed": counts.get("failed", 0),
+               "quality": profile_quality(path, data)}  # fmt: skip
+    artifact = ProfilesArtifact(
+        stage="profiles", path=folder, files={"profiles": path}, schema={"profiles": PROFILE_COLUMNS}, summary=summary
+    )
+    return _finish(artifact)  # type: ignore[return-value]
+
+
+def profile_quality(path: str | Path, data: DataArtifact | str | Path | None = None) -> dict[str, Any]:
+    """What ``genrec_profiler.profile_stats`` says about a profiles table, as JSON: ``valid_rate``,
+    ``status`` counts, ``copied``, ``top3_agreement``, ``distinct`` and ``warnings`` (lines to show:
+    valid < 90%, copied > 50%). Statistics that cannot be computed are left out, never fatal: a
+    finished profile stage is worth more than its report."""
+    try:
+        from genrec_profiler import profile_stats
+
+        try:
+            stats = profile_stats(path, data=_data_dir(data) if data is not None else None)
+        except Exception:  # the digest needs prepared check-ins; the rest does not
+            stats = profile_stats(path)
+        raw = stats.to_dict()
+        out = {k: raw[k] for k in ("valid_rate", "status", "copied", "top3_agreement", "truncated", "distinct")
+               if k in raw}  # fmt: skip
+        out["warnings"] = list(stats.warnings())
+        return out
+    except Exception as exc:
+        log.warning("profiles: no quality statistics (%s: %s)", type(exc).__name__, exc)
+        return {}
 
 
 # -------------------------------------------------------------------------------------------- records
@@ -331,6 +473,8 @@ def records(
     genup: str | Path | None = None,
     max_records: int = 0,
     seed: int = 0,
+    protocol: str = "genrec",
+    profile_fields: str = "all",
     options: Mapping[str, Any] | None = None,
 ) -> RecordsArtifact:
     """SFT records per split (DESIGN.md §2).
@@ -342,6 +486,13 @@ def records(
     ``w11wo/FourSquare-NYC-POI``, or a ``save_to_disk`` folder) taken as they are, without ``data``
     or ``profiles``. ``max_records``: at most N records per split (a seeded sample, in
     record order). Every split is held to ``genrec_core.SFT_RECORDS`` before it is written.
+
+    ``protocol`` and ``profile_fields`` (next_poi) are ``genrec_sftdata.NextPoiConfig``'s:
+    ``protocol="genup"`` builds GenUP's records text for text (and reads ``genup`` records as GenUP's
+    ``llama_prompt``). seqrec/ctr from a ``data`` artifact of a rating data set (``[data].dataset``):
+    an Amazon domain's GORACS records as prepared, else built from its ``interactions`` and ``items``.
+    The summary counts ``generic_prompt``: records whose user had no profile and so got the generic
+    system prompt.
     """
     import polars as pl
 
@@ -359,10 +510,12 @@ def records(
 
     folder = _folder(out)
     opts = dict(options or {})
+    generic: int | None = None
+    data_files = data.files if isinstance(data, Artifact) else {}
     if task == "next_poi" and genup:
         from genrec_sftdata import read_genup_records
 
-        built = read_genup_records(genup)
+        built = read_genup_records(genup, protocol=protocol)  # type: ignore[arg-type]
     elif task == "next_poi":
         if data is None:
             raise PipelineError("records: task next_poi needs the prepared check-ins (data)")
@@ -370,7 +523,18 @@ def records(
         if profiles is not None:
             path = profiles["profiles"] if isinstance(profiles, Artifact) else Path(profiles)
             profile_frame = pl.read_parquet(path)
-        built = build_next_poi(load_prepared(_data_dir(data)), profile_frame, config=NextPoiConfig(**opts))
+        config = NextPoiConfig(**{"protocol": protocol, "profile_fields": profile_fields, **opts})
+        built = build_next_poi(load_prepared(_data_dir(data)), profile_frame, config=config)
+        generic = _generic_prompts(built, profile_frame)
+    elif task in ("seqrec", "ctr") and f"{task}_train" in data_files:
+        built = {split: pl.read_parquet(data_files[f"{task}_{split}"]) for split in ("train", "val", "test")
+                 if f"{task}_{split}" in data_files}  # fmt: skip
+        items = items or data_files.get("catalogue")
+    elif task == "seqrec" and "interactions" in data_files and not interactions:
+        items = items or data_files["items"]
+        built = build_seqrec(items, data_files["interactions"], config=SeqRecConfig(**opts))
+    elif task == "ctr" and "interactions" in data_files and not (ratings or tallrec):
+        built = build_ctr(data_files["interactions"], data_files["items"], config=CtrConfig(**opts))
     elif task == "seqrec":
         if not items or not interactions:
             raise PipelineError("records: task seqrec needs [records].items and [records].interactions")
@@ -396,10 +560,30 @@ def records(
         files[split] = path
     if items:
         files["items"] = Path(items)
-    summary = {split: frame.height for split, frame in built.items()}
-    summary["task"] = task  # type: ignore[assignment]
+    summary: dict[str, Any] = {split: frame.height for split, frame in built.items()}
+    summary["task"] = task
+    if task == "next_poi":
+        summary["protocol"] = protocol
+        if generic is None:
+            generic = _generic_prompts(built, None)
+        if generic is not None:
+            summary["generic_prompt"] = generic
     schema = {split: RECORD_COLUMNS + TASK_COLUMNS[task] for split in built}
     return _finish(RecordsArtifact(stage="records", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+def _generic_prompts(built: Mapping[str, Any], profiles: Any) -> int | None:
+    """Records whose user had no profile, so the generic system prompt stood in (GenUP's own records
+    flag it in ``has_profile``; ours are checked against the profiles table)."""
+    import polars as pl
+
+    frames = [f for f in built.values() if f.height]
+    if frames and all("has_profile" in f.columns for f in frames):
+        return int(sum(f.filter(~pl.col("has_profile").fill_null(False)).height for f in frames))
+    if profiles is None:
+        return None
+    have = profiles["user_id"].cast(pl.String).implode()
+    return int(sum(f.filter(~pl.col("user_id").cast(pl.String).is_in(have)).height for f in frames))
 
 
 # -------------------------------------------------------------------------------------- option checks
@@ -410,19 +594,29 @@ def check_options(stage: str, config: RunConfig) -> None:
     anything runs (raises ``TypeError``/``ValueError`` naming the field)."""
     table = config[stage]
     if stage == "data":
-        from genrec_sftdata import CityConfig, PrepareConfig
+        from genrec_sftdata import CityConfig, GoracsConfig, PrepareConfig, list_datasets
 
-        PrepareConfig(**dict(table["prepare"]))
+        if table["dataset"] and dataset_kind(table["dataset"]) == "amazon":
+            domain = next(s for s in list_datasets() if s.name == table["dataset"]).options["domain"]
+            GoracsConfig(**{"domain": domain, **dict(table["prepare"])})
+        elif table["dataset"] and dataset_kind(table["dataset"]) in RATING_KINDS:
+            if table["prepare"]:
+                raise PipelineError(f"{config.source}: [data].prepare: {table['dataset']} takes no options")
+        else:
+            PrepareConfig(**dict(table["prepare"]))
         CityConfig(n_users=int(table["users"]), seed=int(config["run"]["seed"]), **dict(table["city"]))
     elif stage == "profiles":
         from genrec_profiler import ProfilerConfig
 
-        ProfilerConfig(**{"batch_size": table["batch_size"], **dict(table["options"])})
+        ProfilerConfig(**{"batch_size": table["batch_size"], "protocol": table["protocol"], **dict(table["options"])})
     elif stage == "records":
         import genrec_sftdata as sd
 
-        cls = {"next_poi": sd.NextPoiConfig, "seqrec": sd.SeqRecConfig, "ctr": sd.CtrConfig}[table["task"]]
-        cls(**dict(table["options"]))
+        if table["task"] == "next_poi":
+            own = {"protocol": table["protocol"], "profile_fields": table["profile_fields"]}
+            sd.NextPoiConfig(**{**own, **dict(table["options"])})
+        else:
+            {"seqrec": sd.SeqRecConfig, "ctr": sd.CtrConfig}[table["task"]](**dict(table["options"]))
     elif stage == "train":
         _train_config(config["train"], train="records.parquet", output="out", validate_only=True)
     elif stage == "coreset":
@@ -440,8 +634,24 @@ def check_options(stage: str, config: RunConfig) -> None:
         import genrec_evaluator as ev
 
         task = config["records"]["task"]
+        if task == "next_poi" and table["mode"] == "none":
+            return
         cls = {"next_poi": ev.NextPoiConfig, "seqrec": ev.SeqRecConfig, "ctr": ev.CtrConfig}[task]
-        cls(**dict(table["options"]))
+        cls(**evaluator_options(task, table))
+
+
+def evaluator_options(task: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    """The evaluator config fields of an ``[evaluate]`` table: its options, with ``protocol`` (and, for
+    next_poi, ``mode`` and ``city``) from the table's own keys. Under GenUP's protocol the model runs
+    in bfloat16 unless the options say otherwise, as GenUP's eval_next_poi.py loads it."""
+    own: dict[str, Any] = {"protocol": table.get("protocol", "genrec")}
+    if task == "next_poi":
+        own["mode"] = table.get("mode", "ranked")
+        if table.get("city"):
+            own["city"] = table["city"]
+        if own["protocol"] == "genup":
+            own["dtype"] = "bfloat16"
+    return {**own, **dict(table.get("options", {}))}
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -549,12 +759,26 @@ def coreset(
     batch_size: int = 8,
     dtype: str = "auto",
     seed: int = 0,
+    exact_shortcuts: bool = True,
+    score: str = "auto",
+    protocol: str = "ours",
+    adapter: str = "",
+    layer: int = -1,
+    dropout: bool = True,
+    load_in_8bit: bool = False,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> CoresetArtifact:
     """GORACS: embed the training and validation records, score training records by the LoRA-B
     gradient norm of ``model``, and select ``budget`` of them (a count, or a fraction below 1) with
-    ``method`` (ITRA by default). Writes the selection table, its JSON log, and the selected records."""
+    ``method`` (ITRA by default). Writes the selection table, its JSON log, and the selected records.
+
+    ``method`` is any of ``genrec_otcoreset.select``'s: ``itra`` (ours), ``goracs`` (the release's
+    procedure; ``exact_shortcuts`` skips only trials proven worse), and the baselines ``random``,
+    ``grand``, ``kcenter``, ``stratified``, ``el2n``, ``ccs``, ``d2`` (the last three rank by ``score``:
+    ``auto`` is the features' EL2N). ``protocol="goracs"`` computes the features as the release does
+    (``adapter``: the trained Alpaca LoRA; ``layer``, ``dropout``, ``load_in_8bit``; see
+    ``genrec_otcoreset.compute_features``)."""
     import polars as pl
 
     from genrec_otcoreset import compute_features, load_features, save_features, select, write_selection
@@ -581,6 +805,9 @@ def coreset(
                     "seed": seed, "progress": progress, "dtype": dtype}  # fmt: skip
     if "max_length" in opts:
         feature_args["max_length"] = int(opts.pop("max_length"))
+    if protocol != "ours":
+        feature_args.update(protocol=protocol, adapter=adapter or None, layer=layer, dropout=dropout,
+                            load_in_8bit=load_in_8bit)  # fmt: skip
     feats = {}
     for split, frame in (("train", train_records), ("val", val_records)):
         # Features are the slow part (a forward and a partial backward per record): keep them, so an
@@ -596,6 +823,13 @@ def coreset(
         # Label-enhanced ITRA (CTR): each label gets its validation share of the budget.
         opts["labels"] = feats["train"].labels
         opts["val_labels"] = feats["val"].labels
+    if method in ("el2n", "ccs", "d2"):
+        chosen = "el2n" if score == "auto" else score
+        if chosen == "el2n":
+            if feats["train"].el2n is None:
+                raise PipelineError(f"coreset: method {method} ranks by EL2N, which {folder / 'features_train'} lacks; "
+                                    "delete that folder to recompute it, or set [coreset].score = 'grad_norm'")  # fmt: skip
+            opts["scores"] = feats["train"].el2n
     result = select(
         embeddings=feats["train"].embeddings,
         grad_norms=feats["train"].grad_norms,
@@ -607,6 +841,7 @@ def coreset(
         max_swaps=max_swaps,
         seed=seed,
         progress=progress,
+        exact_shortcuts=exact_shortcuts,
         **opts,
     )
     order = [int(i) for i in result.indices]
@@ -620,8 +855,8 @@ def coreset(
     )
     selected = train_records[order]
     atomic_write_parquet(folder / "train.parquet", selected)
-    summary = {"method": result.method, "selected": n_select, "pool": train_records.height,
-               "poo": round(result.poo, 5), "swaps": result.swaps}  # fmt: skip
+    summary = {"method": result.method, "selected": len(order), "budget": n_select, "pool": train_records.height,
+               "poo": round(result.poo, 5), "swaps": result.swaps, "features": protocol}  # fmt: skip
     if len(result.trace) > 1:
         summary["poo_greedy"] = round(result.trace[0], 5)
     files = {
@@ -647,6 +882,8 @@ def evaluate(
     mode: str = "ranked",
     max_records: int = 0,
     items: str | Path | None = None,
+    protocol: str = "genrec",
+    city: str = "",
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> EvaluationArtifact:
@@ -656,6 +893,12 @@ def evaluate(
     next_poi: ranked (or generated) POI ids beside popularity, user-frequency and Markov baselines, with
     GenUP's user-activity and trajectory-length analyses (``mode="none"``: baselines alone). seqrec:
     generated titles grounded to the catalogue (``items``), NDCG/HR. ctr: P(Yes) -> AUC.
+
+    ``protocol``: the evaluator's (next_poi ``genrec``/``genup``, seqrec ``genrec``/``bigrec``/
+    ``goracs``, ctr ``genrec``/``tallrec``/``goracs``); under ``genup`` the records' train split
+    is GenUP's train split for the user-activity groups, and ``city`` picks GenUP's decoding settings
+    (default: read from the records). A ``max_records`` sample reports the whole split's size, so the
+    report says it scored a subset.
     """
     import polars as pl
 
@@ -666,11 +909,15 @@ def evaluate(
     frame = pl.read_parquet(path)
     if frame.height == 0:
         raise PipelineError(f"evaluate: {path} holds no records")
+    split_records = frame.height
     if max_records and frame.height > max_records:
         # A fixed, seeded subset keeps runs comparable while bounding the cost of model scoring.
         frame = frame.sample(n=max_records, seed=0).sort("record_id")
     task = str(frame["task"][0]) if "task" in frame.columns else "next_poi"
-    opts = dict(options or {})
+    table = {"protocol": protocol, "mode": mode, "city": city, "options": dict(options or {})}
+    opts = evaluator_options(task, table)
+    opts.pop("mode", None)
+    opts.setdefault("split_records", split_records)
     base: str | None = None
     if isinstance(model, ModelArtifact):
         base = str(model.summary["base_model"])
@@ -689,10 +936,18 @@ def evaluate(
             else pl.read_parquet(data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet")
         )
         if mode == "none":
-            result = ev.run_baselines(frame, checkins)  # type: ignore[arg-type]
+            result = ev.run_baselines(frame, checkins, config=ev.BaselineConfig(split_records=split_records))  # type: ignore[arg-type]
         else:
+            if opts.get("protocol") == "genup" and not opts.get("city"):
+                opts["city"] = _records_city(records)
             config = ev.NextPoiConfig(mode=mode, progress=progress, **opts)  # type: ignore[arg-type]
-            result = ev.evaluate_next_poi(frame, model=base, adapter=adapter, train=checkins, config=config)  # type: ignore[arg-type]
+            train_records = None
+            if config.protocol == "genup":
+                train_path = records.files.get("train") if isinstance(records, Artifact) else Path(records) / "train.parquet"
+                if train_path is not None and Path(train_path).is_file():
+                    train_records = pl.read_parquet(train_path)
+            result = ev.evaluate_next_poi(frame, model=base, adapter=adapter, train=checkins, config=config,  # type: ignore[arg-type]
+                                          train_records=train_records)  # fmt: skip
     elif task == "seqrec":
         catalogue = items or (records.files.get("items") if isinstance(records, Artifact) else None)
         if catalogue is None:
@@ -714,15 +969,28 @@ def evaluate(
         files[f"plot_{png.stem}"] = png
     key = {"next_poi": "acc@1", "seqrec": "ndcg@10", "ctr": "auc"}[task]
     headline = {sys: round(float(m.get(key, 0.0)), 4) for sys, m in result.metrics.items()}
-    summary = {"records": frame.height, "split": split, "task": task, "mode": mode, key: headline}
+    summary = {"records": frame.height, "split_records": split_records, "split": split, "task": task,
+               "mode": mode, "protocol": opts.get("protocol", "genrec"), key: headline}  # fmt: skip
     schema = {"predictions": PREDICTION_COLUMNS}
     return _finish(EvaluationArtifact(stage="evaluate", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+def _records_city(records: RecordsArtifact | str | Path) -> str | None:
+    """GenUP's city of a run's records, read from where they came from (``[records].genup``)."""
+    from genrec_evaluator import genup_city
+
+    folder = records.path if isinstance(records, Artifact) else Path(records)
+    meta = folder / "stage.json"
+    source = ""
+    if meta.is_file():
+        source = str(read_json(meta).get("settings", {}).get("genup", ""))
+    return genup_city(source) if source else None
 
 
 # Options of the coreset stage that the pipeline handles itself, and select() arguments it sets.
 _CORESET_OWN = {"max_val", "max_length", "by_label"}
 _CORESET_SET = {"embeddings", "grad_norms", "val_embeddings", "budget", "method", "lam", "candidates",
-                "max_swaps", "seed", "progress", "labels", "val_labels"}  # fmt: skip
+                "max_swaps", "seed", "progress", "labels", "val_labels", "exact_shortcuts", "scores"}  # fmt: skip
 
 
 def _elapsed(start: float) -> float:
