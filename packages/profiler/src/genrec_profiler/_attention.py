@@ -9,8 +9,10 @@ padding is skipped, so no mask is read either), in float32 arithmetic, parallel 
 (batch row, KV head) with PyTorch's own OpenMP runtime.
 
 The C source is compiled with ``cc -O3 -march=native -fopenmp`` into
-``$GENREC_CACHE/kernels/`` (atomically, keyed by the source, flags, compiler and CPU), and checked
-against a float64 reference before first use. Where there is no compiler, the build fails or the
+``$GENREC_CACHE/kernels/`` (an owner-only folder; atomically, keyed by the source, flags, compiler and
+CPU), with the library's sha256 recorded beside it by the build; a library is loaded only when its
+hash, owner and mode check out (anything else there is rebuilt, never loaded), and checked against a
+float64 reference before first use. Where there is no compiler, the build fails or the
 check disagrees, :func:`decode_attention` is ``None`` and callers keep SDPA.
 """
 
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from genrec_core import atomic_write, cache_dir
+from genrec_core import UnsafeCacheError, atomic_write, atomic_write_text, private_cache_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -283,8 +285,43 @@ def _cpu_key() -> str:
     return f"{platform.machine()}|{model}|{flags}"
 
 
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".sha256")
+
+
+def _owned_private(path: Path) -> bool:
+    """A regular file (not a link) owned by this user that no group or other user can write."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    import stat
+
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022:
+        return False
+    return not hasattr(os, "getuid") or st.st_uid == os.getuid()
+
+
+def _trusted(target: Path) -> bool:
+    """Whether ``target`` is the library this program built: the sha256 its builder recorded in the
+    sidecar matches the file, and neither could have been replaced by another user. The key in its
+    name is predictable, so a file merely being there proves nothing."""
+    sidecar = _sidecar(target)
+    if not (_owned_private(target) and _owned_private(sidecar)):
+        return False
+    try:
+        recorded = sidecar.read_text(encoding="utf-8").strip()
+        return bool(recorded) and recorded == sha256_file(target)
+    except OSError:
+        return False
+
+
 def _build() -> Path | None:
-    """The compiled library in the cache (built now if needed), or None without a C compiler."""
+    """The compiled library in the cache (built now if needed), or None without a C compiler.
+
+    It lives in an owner-only folder (:func:`genrec_core.private_cache_dir`); a library found there is
+    loaded only when :func:`_trusted`, and rebuilt otherwise (a planted file is overwritten, never
+    loaded)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         logger.info("no C compiler: decode attention stays on SDPA")
@@ -295,9 +332,17 @@ def _build() -> Path | None:
         logger.info("C compiler %s unusable (%s): decode attention stays on SDPA", compiler, exc)
         return None
     key = hashlib.sha256("\0".join([_SOURCE, *_FLAGS, version, _cpu_key()]).encode()).hexdigest()[:16]
-    target = cache_dir() / "kernels" / f"decode_attention-{key}.so"
-    if target.is_file():
+    try:
+        folder = private_cache_dir("kernels")
+    except (UnsafeCacheError, OSError) as exc:
+        logger.warning("%s: decode attention stays on SDPA", exc)
+        return None
+    target = folder / f"decode_attention-{key}.so"
+    if _trusted(target):
         return target
+    if target.exists() or target.is_symlink():
+        logger.info("%s: not a library this program recorded building; rebuilding it", target)
+    digest: dict[str, str] = {}
 
     def compile_into(tmp: Path) -> None:
         # The source goes in on stdin: the only file written is the library, built beside its target.
@@ -305,13 +350,20 @@ def _build() -> Path | None:
                               capture_output=True, text=True, timeout=300)
         if proc.returncode != 0 or tmp.stat().st_size == 0:
             raise _BuildError(proc.stderr.strip()[-500:])
+        # The linker creates the file with the umask's mode; group-writable would fail _trusted.
+        os.chmod(tmp, 0o700)
+        digest["sha256"] = sha256_file(tmp)
 
     try:
-        # A concurrent build of the same key writes the same bytes: whichever lands last is as good.
-        return atomic_write(target, compile_into)
+        # The sidecar is written after the library is in place: a concurrent build of the same key
+        # may land between the two, and then the hashes disagree and the next load rebuilds (safe).
+        atomic_write(target, compile_into)
+        atomic_write_text(_sidecar(target), digest["sha256"] + "\n")
+        os.chmod(_sidecar(target), 0o600)
     except _BuildError as exc:
         logger.info("decode attention kernel did not build (%s): staying on SDPA", exc)
         return None
+    return target if _trusted(target) else None
 
 
 class _BuildError(RuntimeError):

@@ -100,7 +100,13 @@ def _generate(args: argparse.Namespace) -> int:
     if args.backend == "openai" and config.batch_size < args.concurrency:
         # A batch is what the backend runs at once: smaller than the concurrency would leave slots idle.
         config = dataclasses.replace(config, batch_size=args.concurrency)
-    result = generate_profiles(args.data, config=config, client=_client(args), out=args.out)
+    client = _client(args)
+    try:
+        result = generate_profiles(args.data, config=config, client=client, out=args.out)
+    finally:
+        close = getattr(client, "close", None)
+        if callable(close):
+            close()  # the HTTP client's pooled connections
     print(
         f"profiles: {result.path} ({result.n_users} users: {result.n_generated} generated, "
         f"{result.n_resumed} already done; ok {result.n_ok}, repaired {result.n_repaired}, "
@@ -109,7 +115,15 @@ def _generate(args: argparse.Namespace) -> int:
     if result.no_train_users:
         shown = ", ".join(result.no_train_users[:10])
         print(f"skipped {len(result.no_train_users)} users without train check-ins: {shown}")
+    if result.n_stale:
+        print(f"dropped {result.n_stale} rows of an earlier run written from other inputs (or for users no longer "
+              "in the data)")
     print(profile_stats(result.path, data=args.data).to_text())
+    if not result.ok:
+        shown = ", ".join(result.failed_users[:5]) + (", ..." if len(result.failed_users) > 5 else "")
+        print(f"genrec-profiler: error: {result.n_failed} of {result.n_generated} profiles failed (users {shown}); "
+              "rerun to retry them, or pass --accept-failures", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -3,6 +3,7 @@ resumable, append-as-you-go profiles table."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -13,11 +14,21 @@ from typing import Any, Literal
 
 import polars as pl
 
-from genrec_core import PROFILES, atomic_write_parquet
+from genrec_core import PROFILES, atomic_write_parquet, read_table
 from genrec_profiler._client import Completion, LLMClient, ProfileRequest
 from genrec_profiler._digest import compute_digests, user_sentences
 from genrec_profiler._errors import ProfilerError
-from genrec_profiler._prompt import FittedPrompt, feedback_messages, fit_prompt, genup_messages
+from genrec_profiler._prompt import (
+    DRAFT_TEXT,
+    GENUP_PROMPT,
+    SCHEMA_TEXT,
+    SYSTEM_PROMPT,
+    FittedPrompt,
+    feedback_messages,
+    fit_prompt,
+    genup_messages,
+)
+from genrec_profiler._redact import redact
 from genrec_profiler._schema import ParsedProfile, parse_profile
 from genrec_profiler._template import template_profile
 
@@ -38,6 +49,9 @@ PROFILE_SCHEMA: dict[str, Any] = {
     # JSON object field -> "model" | "repair" | "draft" (ParsedProfile.sources).
     "sources": pl.String,
     "finish_reason": pl.String,
+    # What the row was written from (the user's check-ins, the prompt options, backend and model):
+    # a resume keeps a row only while this still matches (see _input_keys).
+    "inputs_sha256": pl.String,
 }
 # Batches are formed by prompt length within windows of this many batches (see generate_profiles).
 _SORT_WINDOW = 32
@@ -80,14 +94,28 @@ class ProfilerConfig:
     )
     overwrite: bool = field(default=False, metadata={"help": "start over instead of resuming"})
     progress: bool = field(default=False, metadata={"help": "show a progress bar"})
+    accept_failures: bool = field(
+        default=False,
+        metadata={"help": "a run where some profiles failed still succeeds (exit 0); by default it exits 1, and a "
+                  "rerun retries the failed users either way"},
+    )
 
     def __post_init__(self) -> None:
-        for name in ("users", "batch_size", "max_prompt_tokens", "max_checkins"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ProfilerError(f"ProfilerConfig.{name}: must be at least 1, got {value}")
-        if self.max_retries < 0:
-            raise ProfilerError(f"ProfilerConfig.max_retries: must be at least 0, got {self.max_retries}")
+        from genrec_profiler._checks import check_bool, check_int
+
+        check_int("ProfilerConfig", "users", self.users, minimum=1, optional=True)
+        check_int("ProfilerConfig", "batch_size", self.batch_size, minimum=1)
+        check_int("ProfilerConfig", "max_retries", self.max_retries, minimum=0)
+        check_int("ProfilerConfig", "max_prompt_tokens", self.max_prompt_tokens, minimum=1, optional=True)
+        check_int("ProfilerConfig", "max_checkins", self.max_checkins, minimum=1, optional=True)
+        for name in ("draft_in_prompt", "no_draft", "overwrite", "progress", "accept_failures"):
+            check_bool("ProfilerConfig", name, getattr(self, name))
+        if self.user_ids is not None:
+            # A bare string would be taken character by character.
+            if isinstance(self.user_ids, (str, bytes)) or not all(isinstance(u, str) and u for u in self.user_ids):
+                raise ProfilerError(
+                    f"ProfilerConfig.user_ids: must be a sequence of non-empty user id strings, got {self.user_ids!r}")
+            object.__setattr__(self, "user_ids", tuple(self.user_ids))
         if self.protocol not in ("genrec", "genup"):
             raise ProfilerError(f"ProfilerConfig.protocol: must be 'genrec' or 'genup', got {self.protocol!r}")
         if self.protocol == "genup":
@@ -114,6 +142,22 @@ class ProfileRunResult:
     tokens_in: int
     tokens_out: int
     seconds: float
+    #: Users whose profile failed in this run (a rerun retries them).
+    failed_users: tuple[str, ...] = ()
+    #: ``ProfilerConfig.accept_failures`` of the run.
+    accept_failures: bool = False
+    #: Rows of an earlier run dropped because their inputs no longer match (or their user is gone).
+    n_stale: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every profile of this run was written (none failed)."""
+        return self.n_failed == 0
+
+    @property
+    def ok(self) -> bool:
+        """The run succeeded: complete, or failures were accepted (``accept_failures``)."""
+        return self.complete or self.accept_failures
 
 
 def parts_dir(out: Path) -> Path:
@@ -136,10 +180,10 @@ def _load(data: Any) -> tuple[pl.DataFrame, pl.DataFrame, Path | None, str]:
             return prepared.checkins, prepared.train, path, str(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such prepared-data folder or check-in file")
-        if path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pl.read_csv(path, try_parse_dates=True)
+        if path.suffix.lower() == ".parquet":
+            frame = read_table(path, what="check-in")
+        elif path.suffix.lower() == ".csv":
+            frame = read_table(path, what="check-in", try_parse_dates=True)
         else:
             raise ProfilerError(f"{path}: expected a prepared folder, a .parquet or a .csv check-in file")
         name = str(path)
@@ -150,8 +194,14 @@ def _load(data: Any) -> tuple[pl.DataFrame, pl.DataFrame, Path | None, str]:
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ProfilerError(f"{name}: missing column {missing[0]!r} of the check-in contract (DESIGN.md §2)")
+    if frame.height == 0:
+        raise ProfilerError(f"{name}: no check-ins (the table has no rows)")
     if frame.schema["local_time"] == pl.String:
-        frame = frame.with_columns(pl.col("local_time").str.to_datetime())
+        try:
+            frame = frame.with_columns(pl.col("local_time").str.to_datetime())
+        except pl.exceptions.PolarsError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ProfilerError(f"{name}: column 'local_time' is not a date-time ({first})") from None
     train = frame.filter(pl.col("split") == "train") if "split" in frame.columns else frame
     return frame, train, None, name
 
@@ -164,15 +214,51 @@ def _user_order(checkins: pl.DataFrame) -> list[str]:
 
 
 def _read_done(out: Path) -> pl.DataFrame:
+    """Every row written so far: ``out``, then the part files in the order they were written; a user
+    written twice (a failed profile retried) keeps its latest row."""
+    if out.suffix.lower() != ".parquet":
+        raise ProfilerError(f"{out}: expected a .parquet profiles table")
     frames = []
-    if out.is_file():
-        frames.append(pl.read_parquet(out))
+    if out.exists():
+        frames.append(read_table(out, what="profiles"))
     parts = parts_dir(out)
     if parts.is_dir():
-        frames.extend(pl.read_parquet(p) for p in sorted(parts.glob("part-*.parquet")))
+        frames.extend(read_table(p, what="profiles") for p in sorted(parts.glob("part-*.parquet")))
     if not frames:
         return pl.DataFrame(schema=PROFILE_SCHEMA)
-    return pl.concat(frames, how="diagonal_relaxed").unique("user_id", keep="first", maintain_order=True)
+    for frame, source in zip(frames, [out, *sorted(parts.glob("part-*.parquet"))] if parts.is_dir() else [out]):
+        if "user_id" not in frame.columns:
+            raise ProfilerError(f"{source}: not a profiles table (no user_id column)")
+    return pl.concat(frames, how="diagonal_relaxed").unique("user_id", keep="last", maintain_order=True)
+
+
+def _input_keys(users: list[str], sentences: dict[str, list[str]], digests: dict[str, Any],
+                config: ProfilerConfig, client: LLMClient, budget: int | None) -> dict[str, str]:
+    """Per user, the sha256 of what its profile is written from: its training check-ins (as the
+    prompt states them, and the digest of all of them), the options that shape the prompt, the
+    prompt texts, the backend and the model. A resumed row is kept only while its key matches."""
+    shared = json.dumps({
+        "protocol": config.protocol, "max_checkins": config.max_checkins, "budget": budget,
+        "draft_in_prompt": config.draft_in_prompt, "no_draft": config.no_draft,
+        "backend": client.backend, "model": client.model,
+        "prompts": [SYSTEM_PROMPT, SCHEMA_TEXT, DRAFT_TEXT, GENUP_PROMPT],
+    }, sort_keys=True, default=str)
+    keys = {}
+    for user in users:
+        h = hashlib.sha256(shared.encode())
+        for text in (user, digests[user].render(), *sentences[user]):
+            h.update(b"\0" + text.encode())
+        keys[user] = h.hexdigest()
+    return keys
+
+
+def _clear(out: Path) -> None:
+    out.unlink(missing_ok=True)
+    parts = parts_dir(out)
+    if parts.is_dir():
+        for p in parts.iterdir():
+            p.unlink()
+        parts.rmdir()
 
 
 def _merge(out: Path) -> pl.DataFrame:
@@ -202,6 +288,15 @@ def _row(user_id: str, parsed: ParsedProfile, *, raw: str, client: LLMClient, at
     return row
 
 
+def _redacted(client: LLMClient, text: str) -> str:
+    """``text`` without credentials: the client's own (``client.redact``, where it has one) and any
+    that look like one (URL passwords, bearer tokens, API keys)."""
+    own = getattr(client, "redact", None)
+    if callable(own):
+        text = str(own(text))
+    return str(redact(text))
+
+
 def _run_batch(client: LLMClient, requests: list[ProfileRequest], max_retries: int) -> list[tuple[ParsedProfile, Completion, int, int, int]]:
     """Ask, validate, re-ask the invalid ones with feedback. Per request: (parsed, last completion,
     attempts, tokens_in, tokens_out)."""
@@ -215,14 +310,20 @@ def _run_batch(client: LLMClient, requests: list[ProfileRequest], max_retries: i
                 raise ProfilerError(f"backend {client.backend}: {len(completions)} completions for {len(pending)} requests")
         except Exception as exc:
             # One bad batch must not stop the run: its users are recorded as failed with the reason.
-            logger.exception("backend %s failed on a batch of %d", client.backend, len(pending))
-            completions = [Completion(text="", error=f"{type(exc).__name__}: {exc}")] * len(pending)
+            # Exceptions can carry URLs and server messages: redacted before they are logged or kept.
+            reason = _redacted(client, f"{type(exc).__name__}: {exc}")
+            logger.warning("backend %s failed on a batch of %d: %s", client.backend, len(pending), reason)
+            if logger.isEnabledFor(logging.DEBUG):
+                import traceback
+
+                logger.debug("%s", _redacted(client, "".join(traceback.format_exception(exc))))
+            completions = [Completion(text="", error=reason)] * len(pending)
         retry = []
         for (i, request), completion in zip(pending, completions):
             tokens[i][0] += completion.tokens_in
             tokens[i][1] += completion.tokens_out
             if completion.error is not None:
-                parsed = ParsedProfile(status="failed", error=f"backend error: {completion.error}")
+                parsed = ParsedProfile(status="failed", error=_redacted(client, f"backend error: {completion.error}"))
                 final[i] = (parsed, completion, attempt + 1, tokens[i][0], tokens[i][1])
                 continue
             parsed = parse_profile(completion.text, draft=request.draft)
@@ -275,6 +376,7 @@ def generate_profiles(
         users = [u for u in users if u in wanted]
     if config.users is not None:
         users = users[: config.users]
+    train_all = train
     train = train.filter(pl.col("user_id").cast(pl.String).is_in(users))
     with_train = set(train["user_id"].cast(pl.String).unique().to_list())
     no_train = tuple(u for u in users if u not in with_train)
@@ -283,17 +385,12 @@ def generate_profiles(
     users = [u for u in users if u in with_train]
 
     if config.overwrite:
-        out_path.unlink(missing_ok=True)
-        _parts = parts_dir(out_path)
-        if _parts.is_dir():
-            for p in _parts.iterdir():
-                p.unlink()
-            _parts.rmdir()
-    done = set(_read_done(out_path)["user_id"].to_list())
-    todo = [u for u in users if u not in done]
-    n_resumed = len(users) - len(todo)
-    if n_resumed:
-        logger.info("resuming %s: %d of %d users already done", out_path, n_resumed, len(users))
+        _clear(out_path)
+    # An existing output must be a profiles table before any model is loaded: a run never writes
+    # over a file it cannot read back (pass overwrite to replace it).
+    existing = _read_done(out_path)
+    if existing.height:
+        PROFILES.validate(existing, source=out_path)
 
     if client is None:
         from genrec_profiler._local import LocalBackend
@@ -303,14 +400,41 @@ def generate_profiles(
     if config.max_prompt_tokens is not None:
         budget = config.max_prompt_tokens if budget is None else min(budget, config.max_prompt_tokens)
 
-    todo_train = train.filter(pl.col("user_id").cast(pl.String).is_in(todo))
-    digests = compute_digests(todo_train)
-    sentences = user_sentences(todo_train)
+    # Keys for the users of this run and for every other user with a row already (still in the data):
+    # a row is kept only while the inputs it was written from are the same.
+    written = existing["user_id"].cast(pl.String).to_list()
+    in_data = set(train_all["user_id"].cast(pl.String).unique().to_list()) if existing.height else set()
+    keyed = list(dict.fromkeys([*users, *(u for u in written if u in in_data)]))
+    key_train = train_all.filter(pl.col("user_id").cast(pl.String).is_in(keyed))
+    digests = compute_digests(key_train)
+    sentences = user_sentences(key_train)
+    keys = _input_keys(keyed, sentences, digests, config, client, budget)
+    n_stale = 0
+    if existing.height:
+        have = existing["inputs_sha256"] if "inputs_sha256" in existing.columns else pl.Series([None] * existing.height)
+        fresh = pl.Series([keys.get(u) is not None and keys.get(u) == k for u, k in zip(written, have.to_list())])
+        n_stale = existing.height - int(fresh.sum())
+        if n_stale:
+            logger.warning("%s: %d of %d rows were written from other inputs (check-ins, prompt options, backend or "
+                           "model) or for users no longer in %s; they are dropped and written afresh", out_path, n_stale,
+                           existing.height, name)
+            kept = existing.filter(fresh)
+            _clear(out_path)
+            if kept.height:
+                atomic_write_parquet(out_path, PROFILES.validate(kept, source=out_path))
+            existing = kept
+    # Failed profiles are not done: a rerun retries them.
+    done = set(existing.filter(pl.col("status").is_null() | (pl.col("status") != "failed"))["user_id"].to_list())
+    todo = [u for u in users if u not in done]
+    n_resumed = len(users) - len(todo)
+    if n_resumed:
+        logger.info("resuming %s: %d of %d users already done", out_path, n_resumed, len(users))
 
     from tqdm.auto import tqdm
 
     parts = parts_dir(out_path)
     counts = {"ok": 0, "repaired": 0, "failed": 0}
+    failed_users: list[str] = []
     tokens_in = tokens_out = 0
     existing = sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []
     next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
@@ -359,7 +483,9 @@ def generate_profiles(
                     counts[parsed.status] += 1
                     tokens_in += t_in
                     tokens_out += t_out
+                    rows[-1]["inputs_sha256"] = keys[user]
                     if parsed.status == "failed":
+                        failed_users.append(user)
                         logger.warning("user %s: profile failed: %s", user, parsed.error)
                 parts.mkdir(parents=True, exist_ok=True)
                 part = parts / f"part-{next_part:06d}.parquet"
@@ -379,6 +505,9 @@ def generate_profiles(
         tokens_in=tokens_in,
         tokens_out=tokens_out,
         seconds=time.perf_counter() - start,
+        failed_users=tuple(failed_users),
+        accept_failures=config.accept_failures,
+        n_stale=n_stale,
     )
 
 
@@ -391,4 +520,10 @@ def read_profiles(path: str | os.PathLike[str], *, validate: bool = True) -> pl.
     if not path.is_file() and not parts_dir(path).is_dir():
         raise FileNotFoundError(f"{path}: no profiles table")
     table = _read_done(path)
-    return PROFILES.validate(table, source=path) if validate else table
+    if validate:
+        return PROFILES.validate(table, source=path)
+    # Statistics and similar users read these; anything else is not a profiles table.
+    missing = next((c for c in ("user_id", "status", "summary") if c not in table.columns), None)
+    if missing is not None:
+        raise ProfilerError(f"{path}: not a profiles table (no {missing!r} column)")
+    return table

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from genrec_core import PROFILES, atomic_write_text
+from genrec_core import PROFILES, atomic_write_text, read_table
 from genrec_profiler._errors import ProfilerError
 from genrec_profiler._generate import PROFILE_SCHEMA, read_profiles
 from genrec_profiler._schema import GENUP_KEYS, parse_profile
@@ -89,10 +89,8 @@ def read_genup_profiles(path: str | os.PathLike[str]) -> pl.DataFrame:
         match = GENUP_FILE_RE.match(source.name)
         if match:
             rows.append(_row(match.group(1), source.read_text(encoding="utf-8"), str(source)))
-        elif source.suffix == ".parquet":
-            rows = _table_rows(pl.read_parquet(source), str(source))
-        elif source.suffix in (".jsonl", ".ndjson"):
-            rows = _table_rows(pl.read_ndjson(source), str(source))
+        elif source.suffix in (".parquet", ".jsonl", ".ndjson"):
+            rows = _table_rows(read_table(source, what="GenUP profiles"), str(source))
         else:
             raise ProfilerError(f"{source}: expected user_profile_<id>.json, a folder of them, or a parquet/jsonl table")
     else:
@@ -106,7 +104,7 @@ def read_genup_profiles(path: str | os.PathLike[str]) -> pl.DataFrame:
             if not tables:
                 raise ProfilerError(f"{source}: no user_profile_<id>.json files and no parquet profiles table")
             for t in tables:
-                rows.extend(_table_rows(pl.read_parquet(t), str(t)))
+                rows.extend(_table_rows(read_table(t, what="GenUP profiles"), str(t)))
     rows.sort(key=lambda r: _order_key(r["user_id"]))
     frame = pl.DataFrame(rows, schema=PROFILE_SCHEMA)
     dup = frame.filter(pl.col("user_id").is_duplicated())
@@ -123,8 +121,10 @@ def write_genup_profiles(profiles: pl.DataFrame | str | os.PathLike[str], folder
     warning. Returns the files written."""
     from genrec_sftdata import genup_profile
 
-    table = read_profiles(profiles) if not isinstance(profiles, pl.DataFrame) else PROFILES.validate(profiles)
     out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise ProfilerError(f"{out}: exists and is not a folder; GenUP profiles are written as a folder of files")
+    table = read_profiles(profiles) if not isinstance(profiles, pl.DataFrame) else PROFILES.validate(profiles)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     skipped: list[str] = []

@@ -284,8 +284,19 @@ class LocalBackend:
         grammar: str | None = "auto",
         repetition_penalty: float = 1.15,
     ) -> None:
-        if max_new_tokens < 1:
-            raise ProfilerError(f"LocalBackend: max_new_tokens must be at least 1, got {max_new_tokens}")
+        from genrec_profiler._checks import check_bool, check_float, check_int, check_str
+
+        check_int("LocalBackend", "max_new_tokens", max_new_tokens, minimum=1)
+        check_bool("LocalBackend", "do_sample", do_sample)
+        # Temperature divides the logits when sampling: 0 is greedy, which do_sample=False asks for.
+        check_float("LocalBackend", "temperature", temperature, low=0.0, low_open=do_sample)
+        check_float("LocalBackend", "top_p", top_p, low=0.0, high=1.0, low_open=True)
+        check_int("LocalBackend", "seed", seed, minimum=0)
+        check_int("LocalBackend", "context_length", context_length, minimum=1, optional=True)
+        check_str("LocalBackend", "response_prefix", response_prefix)
+        check_str("LocalBackend", "device", device)
+        check_bool("LocalBackend", "decode_kernel", decode_kernel)
+        check_float("LocalBackend", "repetition_penalty", repetition_penalty, low=0.0, low_open=True)
         if dtype not in _DTYPES:
             raise ProfilerError(f"LocalBackend: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
         # Resolved before torch is imported: a bad model argument fails at once.
@@ -697,6 +708,9 @@ class _GrammarProcessor:
             for m, token in zip(self.matchers, input_ids[:, -1].tolist()):
                 if not self.engine.closed(m) and token not in self.backend._stop_ids:
                     self.engine.accept(m, token)
+        if self.backend.repetition_penalty != 1.0:
+            # The same penalty as our loop (over the answer only), so both paths write the same text.
+            scores = self.backend._penalize(scores, input_ids[:, self.width :].tolist())
         masked = self.backend._mask(scores, self.engine, self.matchers, self.bitmask)
         for r, m in enumerate(self.matchers):
             if self.engine.closed(m):

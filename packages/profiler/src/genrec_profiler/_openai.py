@@ -22,12 +22,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
 from genrec_profiler._client import Completion, ProfileRequest
 from genrec_profiler._errors import ProfilerError
 from genrec_profiler._grammar import profile_json_schema
+from genrec_profiler._redact import redact, url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +76,37 @@ class OpenAIBackend:
         response_format: str = "auto",
         context_length: int = 8192,
     ) -> None:
+        from genrec_profiler._checks import check_float, check_int, check_str
+
+        check_str("OpenAIBackend", "base_url", base_url, optional=True)
+        check_str("OpenAIBackend", "model", model, optional=True)
+        check_int("OpenAIBackend", "max_tokens", max_tokens, minimum=1)
+        check_float("OpenAIBackend", "temperature", temperature, low=0.0, high=2.0)
+        check_int("OpenAIBackend", "seed", seed, optional=True)
+        check_int("OpenAIBackend", "concurrency", concurrency, minimum=1)
+        check_int("OpenAIBackend", "max_retries", max_retries, minimum=0)
+        check_float("OpenAIBackend", "timeout", timeout, low=0.0, low_open=True)
+        check_float("OpenAIBackend", "backoff", backoff, low=0.0)
+        check_float("OpenAIBackend", "max_backoff", max_backoff, low=0.0)
+        check_int("OpenAIBackend", "context_length", context_length, minimum=1)
         base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         name = model or os.environ.get("OPENAI_MODEL")
         if not name:
             raise ProfilerError("OpenAIBackend: model is required (pass model= or set OPENAI_MODEL)")
-        if concurrency < 1:
-            raise ProfilerError(f"OpenAIBackend: concurrency must be at least 1, got {concurrency}")
-        if max_retries < 0:
-            raise ProfilerError(f"OpenAIBackend: max_retries must be at least 0, got {max_retries}")
         if response_format not in _FORMATS:
             raise ProfilerError(
                 f"OpenAIBackend: response_format must be auto, json_schema, json or none, got {response_format!r}")
-        self.base_url = base.rstrip("/")
+        # Requests go to the URL as given (credentials included); everything recorded or logged
+        # (``base_url``, errors, log lines) gets the redacted form.
+        # Credentials in the URL go into HTTP basic auth, out of the URL itself: httpx logs every
+        # request's URL.
+        parts = urlsplit(base.rstrip("/"))
+        auth = None
+        if parts.username is not None or parts.password is not None:
+            auth = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+            parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+        self._url = urlunsplit(parts)
+        self.base_url = str(redact(self._url))
         self.model = name
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -104,9 +125,12 @@ class OpenAIBackend:
         key = os.environ.get(api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        basic = auth._auth_header.split(" ", 1)[1] if auth is not None else None  # what a server may echo
+        self._secrets = tuple(x for x in (key, basic, *url_secrets(base)) if x)
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout),
             headers=headers,
+            auth=auth,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         #: Attempts made, for the run's statistics and for tests of the retry loop.
@@ -161,11 +185,11 @@ class OpenAIBackend:
             self.requests_sent += 1
         payload = self._payload(request)
         try:
-            response = self._http.post(f"{self.base_url}/chat/completions", json=payload)
+            response = self._http.post(f"{self._url}/chat/completions", json=payload)
         except httpx.TimeoutException as exc:
             raise _Retryable(f"timeout after {self.timeout:g}s ({type(exc).__name__})") from None
         except httpx.TransportError as exc:
-            raise _Retryable(f"connection error: {type(exc).__name__}: {exc}") from None
+            raise _Retryable(f"connection error: {type(exc).__name__}: {self._clean(str(exc))}") from None
         if response.status_code in (400, 422) and "response_format" in payload and not self._format_forced:
             sent = payload["response_format"]["type"]
             floor = "json_object" if request.json_mode else "none"
@@ -175,7 +199,7 @@ class OpenAIBackend:
                     if FORMAT_LEVELS.index(self.response_format_level) <= FORMAT_LEVELS.index(sent):
                         self.response_format_level = FORMAT_LEVELS[FORMAT_LEVELS.index(sent) + 1]
                         logger.info("%s refused response_format %s (HTTP %d: %s); now sending %s", self.base_url,
-                                    sent, response.status_code, response.text[:120], self.response_format_level)
+                                    sent, response.status_code, self._body(response, 120), self.response_format_level)
                 raise _Retryable(f"HTTP {response.status_code} with response_format {sent}", retry_after=0.0)
         if response.status_code in _RETRY_STATUS:
             retry_after = response.headers.get("retry-after")
@@ -183,15 +207,15 @@ class OpenAIBackend:
                 wait = float(retry_after) if retry_after is not None else None
             except ValueError:
                 wait = None
-            raise _Retryable(f"HTTP {response.status_code}: {response.text[:200]}", retry_after=wait)
+            raise _Retryable(f"HTTP {response.status_code}: {self._body(response)}", retry_after=wait)
         if response.status_code != 200:
-            raise ProfilerError(f"{self.base_url}/chat/completions: HTTP {response.status_code}: {response.text[:200]}")
+            raise ProfilerError(f"{self.base_url}/chat/completions: HTTP {response.status_code}: {self._body(response)}")
         try:
             body = response.json()
             choice = body["choices"][0]
             text = choice["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise _Retryable(f"malformed response ({type(exc).__name__}): {response.text[:200]!r}") from None
+            raise _Retryable(f"malformed response ({type(exc).__name__}): {self._body(response)!r}") from None
         usage = body.get("usage") or {}
         return Completion(
             text=text,
@@ -199,6 +223,17 @@ class OpenAIBackend:
             tokens_out=int(usage.get("completion_tokens") or 0),
             finish_reason=choice.get("finish_reason"),
         )
+
+    def _clean(self, text: str) -> str:
+        return str(redact(text, self._secrets))
+
+    def redact(self, text: str) -> str:
+        """``text`` without this client's API key or URL credentials (and anything shaped like one)."""
+        return self._clean(text)
+
+    def _body(self, response: httpx.Response, limit: int = 200) -> str:
+        # Redacted before it is cut: a cut could split a secret and let its head through.
+        return self._clean(response.text)[:limit]
 
     def complete_one(self, request: ProfileRequest) -> Completion:
         """One request with retries; never raises (the last error goes into ``Completion.error``)."""
@@ -214,11 +249,11 @@ class OpenAIBackend:
                 if wait is None:
                     wait = self.backoff * 2**attempt * (0.5 + random.random())
                 wait = min(wait, self.max_backoff)
-                logger.debug("user %s: %s; retry %d in %.2fs", request.user_id, error, attempt + 1, wait)
+                logger.debug("user %s: %s; retry %d in %.2fs", request.user_id, self._clean(error), attempt + 1, wait)
                 time.sleep(wait)
             except ProfilerError as exc:
-                return Completion(text="", error=str(exc))
-        return Completion(text="", error=f"gave up after {self.max_retries + 1} attempts: {error}")
+                return Completion(text="", error=self._clean(str(exc)))
+        return Completion(text="", error=self._clean(f"gave up after {self.max_retries + 1} attempts: {error}"))
 
     def complete(self, requests: Sequence[ProfileRequest]) -> list[Completion]:
         if len(requests) <= 1 or self.concurrency == 1:
