@@ -302,7 +302,7 @@ def test_credentials_never_recorded(prepared: Any, server: Server, tmp_path: Pat
 
 
 def test_redact_helper() -> None:
-    from genrec_profiler._redact import redact
+    from genrec_core import redact
 
     assert redact("https://u:p4ssw0rd@host/v1") == "https://***@host/v1"
     assert "tok3n-value" not in str(redact('{"Authorization": "Bearer tok3n-value"}'))

@@ -50,6 +50,7 @@ from genrec_core._io import (
     atomic_write_parquet,
     atomic_write_text,
 )
+from genrec_core._redact import REDACTED, redact, redact_url, url_secrets
 
 try:
     __version__ = version("genrec-core")
@@ -64,6 +65,7 @@ __all__ = [
     "PREDICTIONS",
     "PROFILES",
     "RAW_CHECKINS",
+    "REDACTED",
     "SELECTION",
     "SFT_RECORDS",
     "SPLITS",
@@ -93,7 +95,10 @@ __all__ = [
     "locked",
     "private_cache_dir",
     "read_table",
+    "redact",
+    "redact_url",
     "run_main",
     "sha256_file",
+    "url_secrets",
     "validate_metrics",
 ]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from genrec_core import PROFILES, atomic_write_parquet, read_table
+from genrec_core import PROFILES, atomic_write_parquet, read_table, redact
 from genrec_profiler._client import Completion, LLMClient, ProfileRequest
 from genrec_profiler._digest import compute_digests, user_sentences
 from genrec_profiler._errors import ProfilerError
@@ -28,7 +28,6 @@ from genrec_profiler._prompt import (
     fit_prompt,
     genup_messages,
 )
-from genrec_profiler._redact import redact
 from genrec_profiler._schema import ParsedProfile, parse_profile
 from genrec_profiler._template import template_profile
 

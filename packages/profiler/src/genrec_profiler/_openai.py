@@ -26,10 +26,10 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
+from genrec_core import redact, url_secrets
 from genrec_profiler._client import Completion, ProfileRequest
 from genrec_profiler._errors import ProfilerError
 from genrec_profiler._grammar import profile_json_schema
-from genrec_profiler._redact import redact, url_secrets
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""Credentials out of everything the profiler records or logs: URLs, server messages, errors.
+"""Credentials out of everything genrec records or logs: URLs, server messages, errors.
 
-Generic (nothing here knows the profiler); it belongs in genrec_core once another package needs it.
+Every package that writes a URL, a server's reply or an exception text into a table, a JSON file or a
+log passes it through :func:`redact` first.
 """
 
 from __future__ import annotations
