@@ -29,6 +29,18 @@ from genrec_evaluator._protocols import Query, Scorer
 from genrec_evaluator._report import compare_runs, plot_cross_city, write_cross_city, write_report
 from genrec_evaluator._result import EvaluationResult
 from genrec_evaluator._seqrec import SeqRecConfig, evaluate_seqrec, read_items
+from genrec_evaluator._stats import (
+    Uncertainty,
+    auc_interval,
+    compare_auc,
+    compare_columns,
+    delong_test,
+    format_p,
+    mcnemar_exact,
+    mean_intervals,
+    sign_flip_test,
+    verdict,
+)
 
 try:
     __version__ = version("genrec-evaluator")
@@ -48,14 +60,20 @@ __all__ = [
     "Query",
     "Scorer",
     "SeqRecConfig",
+    "Uncertainty",
     "__version__",
     "acc_at_k",
     "auc",
+    "auc_interval",
+    "compare_auc",
+    "compare_columns",
     "compare_runs",
     "cross_city_matrix",
+    "delong_test",
     "evaluate_ctr",
     "evaluate_next_poi",
     "evaluate_seqrec",
+    "format_p",
     "generation_settings",
     "genup_activity_groups",
     "genup_answer",
@@ -67,6 +85,8 @@ __all__ = [
     "genup_value_groups",
     "hr_at_k",
     "load_checkins",
+    "mcnemar_exact",
+    "mean_intervals",
     "mrr",
     "ndcg_at_k",
     "plot_cross_city",
@@ -74,9 +94,11 @@ __all__ = [
     "read_items",
     "read_records",
     "run_baselines",
+    "sign_flip_test",
     "target_ranks",
     "trajectory_length_groups",
     "user_activity_groups",
+    "verdict",
     "write_cross_city",
     "write_report",
 ]

@@ -1,7 +1,8 @@
 """genrec-pipeline: ``genrec run`` composes every genrec stage from one config.
 
 ``run(config)`` plans the stages, reuses each cached output whose settings and inputs are unchanged,
-resumes an interrupted one, and writes a run report. The stages are plain functions in
+resumes an interrupted one, and writes a run report. ``study(STUDY)`` runs a grid of variants of one
+config (sharing their common stages) and compares them with paired tests in one table and one plot. The stages are plain functions in
 :mod:`genrec_pipeline.stages`, so a project can call them one by one around its own.
 """
 
@@ -12,6 +13,7 @@ from genrec_pipeline._config import RunConfig, default_config_path, load_config,
 from genrec_pipeline._crosscity import CrossCityResult, cross_city
 from genrec_pipeline._errors import PipelineError
 from genrec_pipeline._runner import RunResult, StagePlan, plan, run
+from genrec_pipeline._study import StudyResult, read_study, study
 
 try:
     __version__ = version("genrec-pipeline")
@@ -24,12 +26,15 @@ __all__ = [
     "RunConfig",
     "RunResult",
     "StagePlan",
+    "StudyResult",
     "__version__",
     "cross_city",
     "default_config_path",
     "load_config",
     "plan",
+    "read_study",
     "run",
     "shipped_configs",
     "stages",
+    "study",
 ]

@@ -77,6 +77,26 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a value in every config (repeatable)")
     cc.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    stu = sub.add_parser(
+        "study",
+        help="run a grid of variants of one config; one table and one plot with paired tests",
+        description=(
+            "Run every variant of a study (a base config plus overrides, each seed) through `genrec run`, "
+            "sharing every stage the variants have in common, then compare each variant with its reference "
+            "on the same test records (exact McNemar for acc@k/hr@k, sign-flip for NDCG/MRR, DeLong for AUC; "
+            "a t-interval and paired t-test across seeds). Writes study.parquet, study.md and study.png."
+        ),
+    )
+    stu.add_argument("study", nargs="?", help="a study TOML file or a shipped study name")
+    stu.add_argument("--list", action="store_true", help="list the shipped studies")
+    stu.add_argument("--smoke", action="store_true", help="every variant as `genrec run --smoke` does it")
+    stu.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                     help="override a value in every variant (the variants' own settings win; repeatable)")
+    stu.add_argument("--run-dir", help="root folder for runs (overrides [run].root)")
+    stu.add_argument("--dry-run", action="store_true", help="print each variant's plan and exit")
+    stu.add_argument("--progress", action="store_true", help="progress bars inside the stages")
+    stu.add_argument("--verbose", action="store_true", help="the stages' log lines too")
+
     configs = sub.add_parser("configs", help="list the shipped configs")
     configs.add_argument("--show", metavar="NAME", help="print one shipped config")
     return parser
@@ -147,6 +167,28 @@ def _cross_city(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from genrec_pipeline._study import shipped_studies, study
+
+    if args.list or not args.study:
+        for name, path in shipped_studies().items():
+            print(f"{name:<32} {path}")
+        return 0
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    result = study(
+        args.study,
+        smoke=args.smoke,
+        overrides=_overrides(args.set, None),
+        run_dir=args.run_dir,
+        progress=args.progress,
+        dry_run=args.dry_run,
+        echo=lambda line: print(line, flush=True),
+    )
+    return 1 if result is not None and result.failed else 0
+
+
 def _configs(args: argparse.Namespace) -> int:
     shipped = shipped_configs()
     if args.show:
@@ -173,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "cross-city":
             return _cross_city(args)
+        if args.command == "study":
+            return _study(args)
         return _configs(args)
 
     rc = run_main("genrec", body, debug=args.debug)
