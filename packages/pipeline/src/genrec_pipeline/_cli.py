@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from genrec_core import run_main
+from genrec_core import command_parser, dispatch
 from genrec_pipeline import __version__
 from genrec_pipeline._config import STAGES, default_config_path, load_config, shipped_configs
 from genrec_pipeline._errors import PipelineError
@@ -18,13 +18,12 @@ def _stage_list(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genrec",
-        description="genrec: fine-tune LLMs as recommenders. `genrec run` runs the built-in default end to end.",
+    parser, sub = command_parser(
+        "genrec",
+        "genrec: fine-tune LLMs as recommenders. `genrec run` runs the built-in default end to end.",
+        __version__,
+        verbose=False,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
         "run",
@@ -203,23 +202,18 @@ def _configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _body(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "cross-city":
+        return _cross_city(args)
+    if args.command == "study":
+        return _study(args)
+    return _configs(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-
-    def body() -> int:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "cross-city":
-            return _cross_city(args)
-        if args.command == "study":
-            return _study(args)
-        return _configs(args)
-
-    rc = run_main("genrec", body, debug=args.debug)
+    rc = dispatch(_parser(), argv, _body)
     if rc == 130:
         print("genrec: rerun the same command to resume", file=sys.stderr)
     return rc

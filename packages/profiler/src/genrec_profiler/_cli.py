@@ -9,17 +9,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from genrec_core import add_config_args, config_from_args, run_main
+from genrec_core import add_config_args, command_parser, config_from_args, dispatch
 from genrec_profiler import __version__
 from genrec_profiler._generate import ProfilerConfig
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genrec-profiler", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser, sub = command_parser("genrec-profiler", __doc__, __version__)
 
     gen = sub.add_parser("generate", help="write one profile per user")
     gen.add_argument("--data", required=True, help="prepared folder (genrec-sftdata) or a check-in parquet/csv")
@@ -189,18 +185,14 @@ def _similar(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMMANDS = {"generate": _generate, "parse": _parse, "export-genup": _export, "stats": _stats, "similar": _similar}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    commands = {"generate": _generate, "parse": _parse, "export-genup": _export, "stats": _stats,
-                "similar": _similar}
     # ValueError too: polars and numpy raise it on bad input deep inside a command.
-    return run_main(parser.prog, lambda: commands[args.command](args), debug=args.debug, errors=(ValueError,))
+    return dispatch(
+        _parser(), argv, lambda args: _COMMANDS[args.command](args), errors=(ValueError,), log_level=logging.WARNING
+    )
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
