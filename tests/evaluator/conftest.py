@@ -1,4 +1,4 @@
-"""Fixtures for the evaluator tests: next-POI check-ins and records following DESIGN.md §2.
+"""Fixtures for the evaluator tests: next-POI check-ins and records following docs/design.md §2.
 
 The NYC fixture converts the GETNext CSVs in ``../shared/data`` with polars (val = history/train,
 test = future), independently of genrec_sftdata, so that these tests do not depend on its progress.

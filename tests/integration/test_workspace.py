@@ -17,7 +17,7 @@ PACKAGES = ["sftdata", "profiler", "otcoreset", "trainer", "evaluator", "pipelin
 # genrec-core: the foundation, a library without a command of its own.
 LIBRARIES = ["core"]
 SCRIPTS = {name: f"genrec-{name}" for name in PACKAGES} | {"pipeline": "genrec"}
-# DESIGN.md §1: the only genrec siblings each package may depend on (core is below all of them).
+# docs/design.md §1: the only genrec siblings each package may depend on (core is below all of them).
 ALLOWED_SIBLINGS = {
     "core": set(),
     "sftdata": {"core"},

@@ -192,7 +192,7 @@ def _load(data: Any) -> tuple[pl.DataFrame, pl.DataFrame, Path | None, str]:
         raise ProfilerError(f"data: expected a prepared folder, PreparedData or a DataFrame, got {type(data).__name__}")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
-        raise ProfilerError(f"{name}: missing column {missing[0]!r} of the check-in contract (DESIGN.md §2)")
+        raise ProfilerError(f"{name}: missing column {missing[0]!r} of the check-in contract (docs/design.md §2)")
     if frame.height == 0:
         raise ProfilerError(f"{name}: no check-ins (the table has no rows)")
     if frame.schema["local_time"] == pl.String:

@@ -162,7 +162,7 @@ class ParsedProfile:
         return self.status != "failed"
 
     def to_row(self) -> dict[str, Any]:
-        """The profile columns of DESIGN.md §2 (plus ``repairs`` and ``extra`` as JSON)."""
+        """The profile columns of docs/design.md §2 (plus ``repairs`` and ``extra`` as JSON)."""
         row = asdict(self)
         row["traits"] = list(self.traits)
         row["preferences"] = list(self.preferences)

@@ -156,7 +156,7 @@ def genup_profiles_map(profiles: pl.DataFrame | Mapping[str, Mapping[str, Any]] 
 
 
 def llm4poi_frame(checkins: pl.DataFrame) -> pl.DataFrame:
-    """Contract check-ins (DESIGN.md §2, prepared) under LLM4POI's column names: the ids prompts show
+    """Contract check-ins (docs/design.md §2, prepared) under LLM4POI's column names: the ids prompts show
     (``user_id``, ``poi_idx``, ``category_idx``), the venue's wall-clock time as ``UTCTimeOffset`` (UTC
     plus the venue's offset, as LLM4POI computes it) and the UTC epoch for ordering."""
     require_columns(checkins, ["user_id", "poi_idx", "category_idx", "category_name", "local_time", "utc_time",

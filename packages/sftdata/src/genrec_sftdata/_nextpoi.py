@@ -200,7 +200,7 @@ def build_next_poi(
     config: NextPoiConfig | None = None,
     tokenizer: Any = None,
 ) -> dict[str, pl.DataFrame]:
-    """next_poi SFT records per split (DESIGN.md §2 columns plus ``history_poi_idx``, ``num_pois``,
+    """next_poi SFT records per split (docs/design.md §2 columns plus ``history_poi_idx``, ``num_pois``,
     ``target_category_idx``).
 
     One record per trajectory (its last check-in is the target, the earlier ones are the prompt), or

@@ -1,4 +1,4 @@
-"""Readers of real check-in formats into the check-in contract (DESIGN.md §2)."""
+"""Readers of real check-in formats into the check-in contract (docs/design.md §2)."""
 
 from __future__ import annotations
 

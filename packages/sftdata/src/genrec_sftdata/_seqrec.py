@@ -214,7 +214,7 @@ def build_seqrec(
     *,
     config: SeqRecConfig | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """SeqRec records (DESIGN.md §2) from item titles and user sequences, BIGRec style.
+    """SeqRec records (docs/design.md §2) from item titles and user sequences, BIGRec style.
 
     ``items``: ``item_id, title``. ``interactions``: either per-user sequences ``user_id, split,
     item_ids`` (train/valid/test parts in time order, as in the Amazon data) or flat ``user_id,

@@ -17,7 +17,7 @@ def next_poi(history: list[int]) -> int:
 
 
 def synthetic_city_records(n: int, *, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
-    """SFT records (DESIGN.md §2 columns) whose completion follows a learnable rule."""
+    """SFT records (docs/design.md §2 columns) whose completion follows a learnable rule."""
     rng = random.Random(seed)
     records = []
     for i in range(n):
