@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import overload
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["REDACTED", "redact", "redact_url", "url_secrets"]
@@ -45,6 +46,12 @@ def redact_url(url: str) -> str:
     return redact(url)
 
 
+@overload
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str: ...
+@overload
+def redact(text: None, secrets: Iterable[str | None] = ()) -> None: ...
+@overload
+def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None: ...
 def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None:
     """``text`` with credentials replaced by ``***``: each of ``secrets`` verbatim (an API key, a URL's
     password), the userinfo of URLs, bearer/basic tokens, authorization headers, credential query

@@ -191,12 +191,14 @@ def _tallrec_scores(records: pl.DataFrame, model: Any, adapter: Any, config: Ctr
     from tqdm.auto import tqdm
 
     prompts = tallrec_prompts(records)
-    hf = (model.model, model.tokenizer) if isinstance(model, Scorer) and hasattr(model, "tokenizer") else None
-    if isinstance(model, Scorer) and hf is None:
+    scorer = model if isinstance(model, Scorer) else None
+    # A scorer with a tokenizer (HFScorer) carries its transformers model: it is scored as a loaded one.
+    hf = (model.model, model.tokenizer) if scorer is not None and hasattr(model, "tokenizer") else None
+    if scorer is not None and hf is None:
         # A plugged scorer gives log-likelihoods: TALLRec's rule is applied to their probabilities.
         from genrec_evaluator._protocols import Query
 
-        lps = np.array([model.score(Query(prompt=p, completion_prefix=""), [config.yes, config.no]) for p in prompts])
+        lps = np.array([scorer.score(Query(prompt=p, completion_prefix=""), [config.yes, config.no]) for p in prompts])
         return p_yes_from_probs(np.exp(lps[:, 0]), np.exp(lps[:, 1])), None
     if hf is None:
         from genrec_evaluator._models import load_model

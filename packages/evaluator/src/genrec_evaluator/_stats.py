@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, SupportsFloat
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def percentile_interval(boot: np.ndarray, level: float) -> tuple[np.ndarray, np.
     return low, high
 
 
-def interval(low: float, high: float) -> dict[str, float]:
+def interval(low: SupportsFloat, high: SupportsFloat) -> dict[str, float]:
     return {"low": float(low), "high": float(high)}
 
 
@@ -106,7 +106,7 @@ def joint_intervals(
     """``{system: {metric: interval}}`` from per-record columns of several systems on the same
     records, bootstrapped together (one draw of resamples for all)."""
     flat = {(s, k): v for s, cols in columns.items() for k, v in cols.items()}
-    ci, _ = mean_intervals(flat, u)  # type: ignore[arg-type]
+    ci, _ = mean_intervals(flat, u)
     out: dict[str, dict[str, dict[str, float]]] = {s: {} for s in columns}
     for (s, k), c in ci.items():
         out[s][k] = c

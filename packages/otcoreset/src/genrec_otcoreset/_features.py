@@ -278,7 +278,7 @@ def _lm_dtype(dtype: str, device: Any) -> torch.dtype:
     import torch
 
     if dtype != "auto":
-        return getattr(torch, dtype)  # type: ignore[no-any-return]
+        return getattr(torch, dtype)
     kind = torch.device(device).type
     if kind == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
@@ -342,7 +342,7 @@ def features_key(
     h = hashlib.sha256()
     for col in ("record_id", "prompt", "completion", "label"):
         values = df[col].to_list() if col in df.columns else None
-        if col == "record_id":
+        if col == "record_id" and values is not None:
             values = [str(v) for v in values]  # ids 7 and "7" are one record, as in compute_features
         h.update(json.dumps([col, values], default=str).encode())
     out: dict[str, Any] = {
@@ -510,7 +510,9 @@ def compute_features(
     ).astype(np.float32)
     del st_model
     tokenizer = AutoTokenizer.from_pretrained(str(lm_model.path))
+    lm: Any
     if goracs:
+        assert adapter_path is not None  # resolved above for the goracs protocol
         lm = _load_goracs_lm(lm_model.path, adapter_path, lm_dtype, dev, load_in_8bit)
         from genrec_otcoreset._goracs_features import goracs_grad_norms
 
@@ -519,7 +521,7 @@ def compute_features(
             prompt_chars=prompt_chars, progress=progress,
         )
     else:
-        lm: Any = AutoModelForCausalLM.from_pretrained(str(lm_model.path), dtype=lm_dtype)
+        lm = AutoModelForCausalLM.from_pretrained(str(lm_model.path), dtype=lm_dtype)
         lm = lm.to(dev)
         norms, el2n = lora_b_grad_norms(
             lm, tokenizer, prompts, completions, rank=lora_rank, alpha=lora_alpha, seed=seed,

@@ -83,7 +83,9 @@ def goracs_texts(df: Any) -> tuple[list[str], list[str], list[int | None]]:
     ``prompt`` as the Alpaca prompt as it stands: ``prompt + completion`` and, for SeqRec,
     ``prompt + completion + "\\n"`` embedded (CTR: the prompt)."""
     tasks = df["task"].to_list() if "task" in df.columns else ["seqrec"] * df.height
-    train, embed, plen = [], [], []
+    train: list[str] = []
+    embed: list[str] = []
+    plen: list[int | None] = []
     for parts, task, prompt, completion in zip(
         _parts(df), tasks, df["prompt"].to_list(), df["completion"].to_list(), strict=True
     ):

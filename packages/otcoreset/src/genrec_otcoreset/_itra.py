@@ -279,7 +279,9 @@ class _Current:
         """A network simplex on the current selection, warm-started from the current duals."""
         self._load(self.sel, solve_exact(self.cost_matrix, self.sel, init=(self.f, self.g)))
 
-    def trial(self, pos: int, row: int, f0: np.ndarray) -> tuple[float, object]:
+    def trial(
+        self, pos: int, row: int, f0: np.ndarray
+    ) -> tuple[float, tuple[np.ndarray, SwapResult | ExactSolution]]:
         """The exact POO with member ``pos`` replaced by ``row`` (and what :meth:`accept` needs)."""
         trial_sel = self.sel.copy()
         trial_sel[pos] = row
@@ -289,8 +291,8 @@ class _Current:
         sol = solve_exact(self.cost_matrix, trial_sel, init=(f0, self.sol.g))
         return sol.cost, (trial_sel, sol)
 
-    def accept(self, token: object) -> None:
-        trial_sel, state = token  # type: ignore[misc]
+    def accept(self, token: tuple[np.ndarray, SwapResult | ExactSolution]) -> None:
+        trial_sel, state = token
         self.sel = trial_sel
         if isinstance(state, SwapResult):
             assert self.flow is not None

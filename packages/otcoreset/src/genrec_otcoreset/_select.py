@@ -307,12 +307,12 @@ def select(
     for name, val in (("strata", strata), ("d2_neighbors", d2_neighbors)):
         if isinstance(val, bool) or not isinstance(val, int | np.integer) or val < 1:
             raise OtCoresetError(f"{name} must be an integer >= 1, got {val!r}")
-    for name, val, hi in (("ccs_cutoff", ccs_cutoff, 1.0), ("d2_gamma", d2_gamma, math.inf)):
-        if isinstance(val, bool) or not isinstance(val, int | float | np.integer | np.floating) or not (
-            math.isfinite(val) and val >= 0 and val < hi
+    for name, num, hi in (("ccs_cutoff", ccs_cutoff, 1.0), ("d2_gamma", d2_gamma, math.inf)):
+        if isinstance(num, bool) or not isinstance(num, int | float | np.integer | np.floating) or not (
+            math.isfinite(num) and num >= 0 and num < hi
         ):
             upper = " and < 1" if hi == 1.0 else ""
-            raise OtCoresetError(f"{name} must be a finite number >= 0{upper}, got {val!r}")
+            raise OtCoresetError(f"{name} must be a finite number >= 0{upper}, got {num!r}")
     if not isinstance(exact_shortcuts, bool):
         raise OtCoresetError(f"exact_shortcuts must be True or False, got {exact_shortcuts!r}")
     dev = resolve_device(device)

@@ -435,8 +435,8 @@ def generate_profiles(
     counts = {"ok": 0, "repaired": 0, "failed": 0}
     failed_users: list[str] = []
     tokens_in = tokens_out = 0
-    existing = sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []
-    next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=-1)
+    part_files = sorted(parts.glob("part-*.parquet")) if parts.is_dir() else []
+    next_part = 1 + max((int(p.stem.split("-")[1]) for p in part_files), default=-1)
     def fitted(user: str) -> tuple[FittedPrompt, ProfileRequest]:
         digest = digests[user]
         if config.protocol == "genup":

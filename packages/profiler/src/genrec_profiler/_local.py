@@ -50,7 +50,7 @@ def _growing_layer_class() -> Any:
         _GROWING_LAYER = False
         return None
 
-    class GrowingLayer(DynamicLayer):  # type: ignore[misc,valid-type]
+    class GrowingLayer(DynamicLayer):
         def lazy_initialization(self, key_states: Any, value_states: Any) -> None:
             super().lazy_initialization(key_states, value_states)
             self._k: Any = None
@@ -59,12 +59,14 @@ def _growing_layer_class() -> Any:
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            n = self.keys.shape[-2] if self.keys.numel() else 0
+            keys = self.keys
+            assert keys is not None  # lazy_initialization has set it
+            n = keys.shape[-2] if keys.numel() else 0
             buf = self._k
             # Replaced from outside (crop, reorder, repeat): start a new buffer from what is there.
             # (An empty view has no data pointer to compare: only its shape can disagree.)
             if buf is not None and (
-                self.keys.shape[:-2] != buf.shape[:-2] or (n and self.keys.data_ptr() != buf.data_ptr())
+                keys.shape[:-2] != buf.shape[:-2] or (n and keys.data_ptr() != buf.data_ptr())
             ):
                 buf = None
             need = n + key_states.shape[-2]
@@ -73,7 +75,7 @@ def _growing_layer_class() -> Any:
                 k = key_states.new_empty((*key_states.shape[:-2], cap, key_states.shape[-1]))
                 v = value_states.new_empty((*value_states.shape[:-2], cap, value_states.shape[-1]))
                 if n:
-                    k[..., :n, :].copy_(self.keys)
+                    k[..., :n, :].copy_(keys)
                     v[..., :n, :].copy_(self.values)
                 self._k, self._v = k, v
             self._k[..., n:need, :].copy_(key_states)

@@ -77,7 +77,7 @@ def _open_text(path: Path) -> Iterator[str]:
     with path.open("rb") as probe:
         gz = probe.read(2) == b"\x1f\x8b"
     opener = gzip.open if gz else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    with opener(path, "rt", encoding="utf-8") as fh:
         yield from fh
 
 
@@ -168,10 +168,10 @@ def read_amazon_meta(path: str | os.PathLike[str], *, goracs_regex: str | None =
             if "asin" not in obj:
                 continue
             asins.append(str(obj["asin"]))
-            t = obj.get("title")
-            titles.append(None if t is None else str(t))
-            b = obj.get("brand")
-            brands.append(None if b is None else str(b))
+            title = obj.get("title")
+            titles.append(None if title is None else str(title))
+            brand = obj.get("brand")
+            brands.append(None if brand is None else str(brand))
     return pl.DataFrame(
         {"item_id": asins, "title": titles, "brand": brands},
         schema={"item_id": pl.String, "title": pl.String, "brand": pl.String},

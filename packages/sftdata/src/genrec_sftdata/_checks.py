@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from genrec_sftdata._errors import SftDataError
 
@@ -29,7 +29,8 @@ def check_int(
     rule = f"an integer{bounds}" + (" (or None)" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _fail(owner, name, rule, value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    number = int(value)  # exact for any Integral (numpy integers included)
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
         raise _fail(owner, name, rule, value)
 
 
@@ -58,9 +59,11 @@ def check_number(
     )
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise _fail(owner, name, rule, value)
-    if lo is not None and (value <= lo if lo_open else value < lo):
+    # The numbers ABCs declare no > / >= in typeshed; every Real compares with floats as a float does.
+    number = cast(float, value)
+    if lo is not None and (number <= lo if lo_open else number < lo):
         raise _fail(owner, name, rule, value)
-    if hi is not None and (value >= hi if hi_open else value > hi):
+    if hi is not None and (number >= hi if hi_open else number > hi):
         raise _fail(owner, name, rule, value)
 
 

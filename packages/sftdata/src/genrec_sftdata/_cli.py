@@ -9,12 +9,15 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from genrec_core import add_config_args, command_parser, config_from_args, dispatch
 from genrec_sftdata import __version__
 from genrec_sftdata._contract import read_frame
 from genrec_sftdata._errors import SftDataError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 PROG = "genrec-sftdata"
 
@@ -197,7 +200,7 @@ def _run_command(args: argparse.Namespace) -> int:
         from genrec_sftdata._amazon import GoracsConfig
 
         cfg = config_from_args(GoracsConfig, args)
-        tasks = ("seqrec", "ctr") if args.task == "both" else (args.task,)
+        tasks: tuple[Literal["seqrec", "ctr"], ...] = ("seqrec", "ctr") if args.task == "both" else (args.task,)
         reviews = g.read_amazon_reviews(args.reviews)
         meta = g.read_amazon_meta(args.meta, goracs_regex=cfg.domain if cfg.published_titles else None)
         built = {task: g.build_goracs(reviews, meta, task=task, config=cfg) for task in tasks}
@@ -260,6 +263,7 @@ def _recbole_cmd(args: argparse.Namespace) -> int:
     from genrec_sftdata._seqrec import _frame
 
     if args.to == "recbole":
+        items: pl.DataFrame | None
         if args.movielens is not None:
             inter, items = g.read_movielens(args.movielens)
         elif args.interactions is not None:

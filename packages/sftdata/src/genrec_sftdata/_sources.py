@@ -109,7 +109,7 @@ def _prepare_fetched(
         else:
             member = source.options.get("member") or source.files[0].removesuffix(".gz")
             raw = extracted(folder / source.files[0], member)
-            data = read_checkins(raw, format=kind)
+            data = read_checkins(raw, format="tsmc" if kind == "tsmc" else "gowalla")
         prepared = prepare(data, out=out, config=cfg, extra_files={"source.json": info})
         logger.info("prepared %s: %s", name, prepared.stats.get("splits", {}).get("all", {}))
         return out
@@ -135,8 +135,8 @@ def _prepare_fetched(
     if kind == "genup":
         from genrec_sftdata._genup import read_genup_records
 
-        records = read_genup_records(folder, protocol=options.get("protocol", "genrec"))
-        write_records(records, out)
+        genup_records = read_genup_records(folder, protocol=options.get("protocol", "genrec"))
+        write_records(genup_records, out)
         return out
     raise SftDataError(
         f"fetch {name} --prepare: no reader for this hub data set's layout yet; its snapshot is at {folder} "

@@ -155,7 +155,9 @@ def _numpy_state() -> dict[str, Any] | None:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy comes with the stack, but is not required
         return None
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002 - the global state is what other code draws from
+    state = np.random.get_state(legacy=True)  # noqa: NPY002 - the global state is what other code draws from
+    assert isinstance(state, tuple)  # legacy=True always gives the 5-tuple
+    kind, keys, pos, has_gauss, cached = state
     return {
         "kind": kind,
         "keys": keys.tolist(),
