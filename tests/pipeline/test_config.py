@@ -91,7 +91,8 @@ def test_every_shipped_config_validates() -> None:
     shipped = shipped_configs()
     assert "default" in shipped
     for name, path in shipped.items():
-        config = load_config(path)
+        # Their data (TALLRec's JSON files, say) is the user's to provide: checked when it runs.
+        config = load_config(path, check_files=False)
         assert config.name, name
 
 

@@ -50,7 +50,7 @@ from genrec_core._io import (
     atomic_write_parquet,
     atomic_write_text,
 )
-from genrec_core._redact import REDACTED, redact, redact_url, url_secrets
+from genrec_core._redact import REDACTED, redact, redact_all, redact_url, url_secrets
 
 try:
     __version__ = version("genrec-core")
@@ -96,6 +96,7 @@ __all__ = [
     "private_cache_dir",
     "read_table",
     "redact",
+    "redact_all",
     "redact_url",
     "run_main",
     "sha256_file",

@@ -7,11 +7,11 @@ log passes it through :func:`redact` first.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import overload
+from collections.abc import Iterable, Mapping
+from typing import Any, overload
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["REDACTED", "redact", "redact_url", "url_secrets"]
+__all__ = ["REDACTED", "redact", "redact_all", "redact_url", "url_secrets"]
 
 REDACTED = "***"
 
@@ -23,7 +23,10 @@ _AUTH_HEADER = re.compile(r"(?i)(?P<name>\"?(?:authorization|x-api-key|api[-_]ke
 # Well-known key shapes (OpenAI, Anthropic, Hugging Face, GitHub), wherever they appear.
 _KEY_SHAPES = re.compile(r"\b(?:sk-[A-Za-z0-9_-]{8,}|hf_[A-Za-z0-9]{8,}|gh[pousr]_[A-Za-z0-9]{8,})")
 # Query parameters that carry credentials.
-_QUERY = re.compile(r"(?i)(?P<name>[?&](?:api[-_]?key|key|token|access_token|password|secret)=)(?P<value>[^&\s#\"']+)")
+_QUERY = re.compile(
+    r"(?i)(?P<name>[?&;](?:api[-_]?key|key|token|access[-_]?token|auth|password|passwd|secret|sig|signature)=)"
+    r"(?P<value>[^&;\s#\"']+)"
+)
 
 
 def url_secrets(url: str | None) -> tuple[str, ...]:
@@ -66,3 +69,15 @@ def redact(text: str | None, secrets: Iterable[str | None] = ()) -> str | None:
     text = _AUTH.sub(lambda m: f"{m['kind']}{m['sep']}{REDACTED}", text)
     text = _QUERY.sub(lambda m: f"{m['name']}{REDACTED}", text)
     return _KEY_SHAPES.sub(REDACTED, text)
+
+
+def redact_all(value: Any, secrets: Iterable[str | None] = ()) -> Any:
+    """:func:`redact` over every string inside a JSON-like value (dicts, lists, tuples)."""
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, Mapping):
+        return {k: redact_all(v, secrets) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_all(v, secrets) for v in value]
+    return value

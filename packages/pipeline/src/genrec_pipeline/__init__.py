@@ -2,7 +2,8 @@
 
 ``run(config)`` plans the stages, reuses each cached output whose settings and inputs are unchanged,
 resumes an interrupted one, and writes a run report. ``study(STUDY)`` runs a grid of variants of one
-config (sharing their common stages) and compares them with paired tests in one table and one plot. The stages are plain functions in
+config (sharing their common stages) and compares them with paired tests in one table and one
+plot. The stages are plain functions in
 :mod:`genrec_pipeline.stages`, so a project can call them one by one around its own.
 """
 
@@ -14,6 +15,7 @@ from genrec_pipeline._crosscity import CrossCityResult, cross_city
 from genrec_pipeline._errors import PipelineError
 from genrec_pipeline._runner import RunResult, StagePlan, plan, run
 from genrec_pipeline._study import StudyResult, read_study, study
+from genrec_pipeline.stages import StageFailedError
 
 try:
     __version__ = version("genrec-pipeline")
@@ -25,6 +27,7 @@ __all__ = [
     "PipelineError",
     "RunConfig",
     "RunResult",
+    "StageFailedError",
     "StagePlan",
     "StudyResult",
     "__version__",

@@ -122,3 +122,28 @@ def status(folder: Path) -> str:
         return "done" if read_json(meta).get("status") == "done" else "partial"
     except (OSError, ValueError):
         return "partial"
+
+
+def intact(folder: Path) -> str:
+    """Why a stage marked done cannot be reused as it is ("" when it can): an output file its
+    ``artifact.json`` names is gone, or a parquet table is cut short (a disk filled up, a copy
+    interrupted). Only the parquet footers are read, so checking costs little."""
+    meta = folder / "artifact.json"
+    try:
+        files = read_json(meta).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return f"{meta} is missing or unreadable"
+    for value in files.values():
+        path = Path(value)
+        if not path.exists():
+            return f"{path} is missing"
+        if path.suffix == ".parquet" and path.is_file():
+            import polars as pl
+
+            try:
+                pl.read_parquet_schema(path)
+            except Exception as exc:  # any reader error means the same thing: the file is damaged
+                return f"{path} is not a readable parquet file ({type(exc).__name__})"
+    return ""
+
+

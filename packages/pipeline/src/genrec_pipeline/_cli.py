@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", help="root folder for runs (overrides [run].root)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
+    run.add_argument(
+        "--accept-failures",
+        action="store_true",
+        help="a profile stage with failed users still counts as done (default: exit 1; the next run retries them)",
+    )
 
     cc = sub.add_parser(
         "cross-city",
@@ -131,15 +136,23 @@ def _run(args: argparse.Namespace) -> int:
     def announce(item: object) -> None:
         print(f"\n>>> {item.stage}: {item.action} ({item.reason})", flush=True)  # type: ignore[attr-defined]
 
-    result = run(
-        config,
-        stages=args.stages,
-        from_stage=args.from_stage,
-        until=args.until,
-        force=args.force,
-        progress=False if args.no_progress else None,
-        on_stage=announce,
-    )
+    from genrec_pipeline.stages import StageFailedError
+
+    try:
+        result = run(
+            config,
+            stages=args.stages,
+            from_stage=args.from_stage,
+            until=args.until,
+            force=args.force,
+            progress=False if args.no_progress else None,
+            on_stage=announce,
+            accept_failures=True if args.accept_failures else None,
+        )
+    except StageFailedError as exc:
+        # Not bad input: the work ran and some of it failed; the next run retries what failed.
+        print(f"genrec: error: {exc}", file=sys.stderr)
+        return exc.exit_status
     print()
     print(result.summary)
     print(f"\noutputs: {result.run_dir}")

@@ -52,6 +52,7 @@ _SCHEMA: dict[str, dict[str, Any]] = {
         "dtype": "auto",  # local backend: auto (bf16 where the device computes it natively) | float32 | bfloat16 | float16
         "protocol": "genrec",  # genrec | genup (GenUP's prompt, every check-in, JSON mode)
         "genup": "",  # GenUP's own profile files (folder, table or hub id): read, not generated
+        "accept_failures": False,  # a stage with failed profiles still counts as done (else exit 1, retried)
         "options": {},  # genrec_profiler.ProfilerConfig fields
     },
     "records": {
@@ -208,12 +209,18 @@ def _set_dotted(data: dict[str, Any], dotted: str, raw: str) -> None:
 
 
 def load_config(
-    path: str | Path | None = None, *, overrides: Mapping[str, str] | None = None, smoke: bool = False
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    smoke: bool = False,
+    check_files: bool = True,
 ) -> RunConfig:
     """Read and validate a run config; ``None`` is the built-in default. ``overrides`` maps dotted
     keys (``train.options.max_steps``) to TOML values, as ``genrec run --set`` does. ``smoke``: the
     same config with every model swapped for a tiny random one of its family, a few users, records
-    and steps, and GPU-only settings mapped to the CPU (``genrec run --smoke``)."""
+    and steps, and GPU-only settings mapped to the CPU (``genrec run --smoke``). ``check_files``: that
+    every local file, folder and model the config names exists (off only to read a config whose data
+    is not on this machine, such as a shipped one)."""
     tables: dict[str, dict[str, Any]] = copy.deepcopy(_SCHEMA)
     default = default_config_path()
     file = Path(path) if path is not None else default
@@ -236,7 +243,7 @@ def load_config(
             _set_dotted(extra, key, raw)
         _merge(tables, extra, "--set")
     config = RunConfig(tables=tables, source=str(file), base_dir=file.parent)
-    validate(config)
+    validate(config, check_files=check_files)
     if smoke:
         from genrec_pipeline._smoke import smoke_config
 
@@ -321,7 +328,7 @@ def _protocols(config: RunConfig, task: str) -> None:
         raise PipelineError(f"{src}: [profiles].genup holds user profiles for next_poi; [records].task is {task!r}")
 
 
-def validate(config: RunConfig) -> None:
+def validate(config: RunConfig, *, check_files: bool = True) -> None:
     """Check the values (beyond types) and let each stage's package check its options, so that a
     misspelt option fails before anything runs."""
     from genrec_pipeline import stages
@@ -371,11 +378,10 @@ def validate(config: RunConfig) -> None:
     for key in ("nproc_per_node", "nnodes"):
         if config["train"][key] < 1:
             raise PipelineError(f"{config.source}: [train].{key} must be at least 1, got {config['train'][key]}")
-    budget = config["coreset"]["budget"]
-    if not isinstance(budget, int | float) or isinstance(budget, bool) or budget <= 0:
-        raise PipelineError(
-            f"{config.source}: [coreset].budget must be a count or a fraction > 0, got {budget!r}"
-        )
+    _check_numbers(config)
+    check_run_dir(config.run_dir / config.name, config.source)
+    if check_files:
+        _check_paths(config)
     for stage in STAGES:
         try:
             stages.check_options(stage, config)
@@ -385,6 +391,111 @@ def validate(config: RunConfig) -> None:
             bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             if bad:
                 raise PipelineError(f"{config.source}: unknown key [{stage}].options.{bad.group(1)}") from exc
-            raise PipelineError(f"{config.source}: [{stage}]: {exc}") from exc
+            raise PipelineError(f"{config.source}: {_key_of(config, stage, str(exc))}: {exc}") from exc
         except ValueError as exc:
-            raise PipelineError(f"{config.source}: [{stage}]: {exc}") from exc
+            raise PipelineError(f"{config.source}: {_key_of(config, stage, str(exc))}: {exc}") from exc
+
+
+# Fields of the package configs that a pipeline key feeds under another name.
+_RENAMED = {("data", "n_users"): "users"}
+# Sub-tables whose keys go to a package config as they are.
+_SUBTABLES = {"data": ("city", "prepare"), "profiles": ("options",), "records": ("options",),
+              "coreset": ("options",), "train": ("options",), "evaluate": ("options",)}  # fmt: skip
+
+
+def _key_of(config: RunConfig, stage: str, message: str) -> str:
+    """The config key a package config's error is about (``[data].prepare.min_poi_checkins``), found
+    from the field it names; ``[stage]`` when it names none the table holds."""
+    table = config[stage]
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message):
+        renamed = _RENAMED.get((stage, word))
+        if renamed:
+            return f"[{stage}].{renamed}"
+        for sub in _SUBTABLES.get(stage, ()):
+            if isinstance(table.get(sub), Mapping) and word in table[sub]:
+                return f"[{stage}].{sub}.{word}"
+        if word in table and word not in _SUBTABLES.get(stage, ()) and word != "options":
+            return f"[{stage}].{word}"
+    return f"[{stage}]"
+
+
+def check_run_dir(run_dir: Path, source: str = "") -> None:
+    """A run folder (or the root above it) that exists as something else than a folder is bad input,
+    said when the config loads rather than as a traceback when the first stage writes."""
+    where = f"{source}: " if source else ""
+    for path in (run_dir.parent, run_dir):
+        if path.exists() and not path.is_dir():
+            raise PipelineError(f"{where}[run].root: {path} exists and is not a folder")
+
+
+def _check_numbers(config: RunConfig) -> None:
+    """The pipeline's own numeric keys; the package configs check their fields in check_options, and
+    ``lam`` and the counts of the selection go through genrec_otcoreset's own checks."""
+    import math
+
+    from genrec_otcoreset._validate import check_nonneg_float, check_positive_int
+
+    src = config.source
+    at_least = {("data", "max_users"): 0, ("profiles", "users"): 0, ("profiles", "max_new_tokens"): 1,
+                ("profiles", "batch_size"): 1, ("records", "max_records"): 0, ("evaluate", "max_records"): 0,
+                ("coreset", "batch_size"): 1, ("coreset", "max_swaps"): 0}  # fmt: skip
+    for (table, key), low in at_least.items():
+        value = config[table][key]
+        if value < low:
+            raise PipelineError(f"{src}: [{table}].{key} must be an integer >= {low}, got {value!r}")
+    core = config["coreset"]
+    try:
+        check_nonneg_float(core["lam"], "[coreset].lam")
+        check_positive_int(core["candidates"], "[coreset].candidates")
+    except ValueError as exc:
+        raise PipelineError(f"{src}: {exc}") from None
+    budget = core["budget"]
+    if not math.isfinite(budget) or budget <= 0 or (budget >= 1 and budget != int(budget)):
+        raise PipelineError(
+            f"{src}: [coreset].budget must be a count (a whole number >= 1) or a fraction in (0, 1), got {budget!r}"
+        )
+
+
+def _check_paths(config: RunConfig) -> None:
+    """Files and folders the config names, checked before any work. A value that looks local (see
+    ``genrec_core.models.looks_local``) and is not there is "no such file", never a hub lookup."""
+    from genrec_core.models import MODEL_ALIASES, looks_local
+
+    def local(value: str) -> bool:
+        if value.lower() in MODEL_ALIASES or value == "default":
+            return False
+        # A bare name (no folder part) is an alias or a server's model name unless it ends like a file.
+        bare = "/" not in value and not value.startswith(("~", "."))
+        return looks_local(value) and not (bare and "." not in value)
+
+    def check(table: str, key: str, value: Any, *, files_only: bool = False) -> None:
+        for item in value if isinstance(value, list) else [value]:
+            text = str(item)
+            if not text:
+                continue
+            path = Path(config.resolve(text)).expanduser()
+            if path.exists():
+                continue
+            if files_only or local(text):
+                raise PipelineError(f"{config.source}: [{table}].{key}: {text}: no such file or folder")
+
+    data, rec, prof, core = config["data"], config["records"], config["profiles"], config["coreset"]
+    if data["source"] == "files" and not data["dataset"] and not rec["genup"]:
+        for key in ("inputs", "train", "val", "test"):
+            check("data", key, data[key], files_only=True)
+    for key in ("items", "interactions", "ratings", "tallrec", "genup"):
+        check("records", key, rec[key])
+    check("profiles", "genup", prof["genup"])
+    if prof["backend"] == "local" and not prof["genup"]:
+        check("profiles", "model", prof["model"])
+    if core["enabled"]:
+        for key in ("model", "encoder", "adapter"):
+            check("coreset", key, core[key])
+    for key in ("model", "val", "adapter"):
+        value = config["train"]["options"].get(key)
+        if isinstance(value, str):
+            check("train", f"options.{key}", value)
+    for key in ("model", "encoder"):
+        value = config["evaluate"]["options"].get(key)
+        if isinstance(value, str):
+            check("evaluate", f"options.{key}", value)

@@ -5,23 +5,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from genrec_core import atomic_write_json
+from genrec_core import atomic_write_json, redact, redact_all
 from genrec_pipeline import _dist
 from genrec_pipeline import stages as st
-from genrec_pipeline._cache import code_version, input_key, read_json, stage_dir, stage_key, status
-from genrec_pipeline._config import STAGES, RunConfig, load_config
+from genrec_pipeline._cache import (
+    code_version,
+    input_key,
+    intact,
+    read_json,
+    stage_dir,
+    stage_key,
+    status,
+)
+from genrec_pipeline._config import STAGES, RunConfig, check_run_dir, load_config
 from genrec_pipeline._errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 # Keys that change how a stage reports or where its processes meet, not what it computes: left out
 # of the cache key.
-_VOLATILE = {"progress", "description", "name", "root", *_dist.LAUNCH_KEYS}
+# ``accept_failures`` decides whether a stage with failures counts as done, not what it computes: a rerun
+# that accepts them resumes the same folder.
+_VOLATILE = {"progress", "description", "name", "root", "accept_failures", *_dist.LAUNCH_KEYS}
 # Settings naming files or folders a stage reads: keyed by their content, not their path.
 _INPUTS: dict[str, tuple[str, ...]] = {
     "data": ("inputs", "train", "val", "test"),
@@ -163,7 +173,12 @@ def plan(
     until: str | None = None,
     force: Iterable[str] = (),
 ) -> tuple[StagePlan, ...]:
-    """What a run of ``config`` would do, stage by stage, without running anything."""
+    """What a run of ``config`` would do, stage by stage, without running anything.
+
+    A stage that runs (forced, new, or resumed) makes every stage downstream of it run afresh too:
+    their cached or partial output was made from the output it replaces. A done stage is reused only
+    when its outputs are intact and its recorded inputs are the upstream outputs there now; a partial
+    one resumes only when it was started from those same inputs, and otherwise starts afresh."""
     chosen, forced = _select(stages, from_stage, until)
     for name in force:
         if name not in STAGES:
@@ -171,6 +186,8 @@ def plan(
         forced.add(name)
     versions = code_version()
     keys: dict[str, str] = {}
+    actions: dict[str, str] = {}
+    run_ids: dict[str, str | None] = {}
     out: list[StagePlan] = []
     for stage in STAGES:
         up = _upstream(config, stage)
@@ -178,23 +195,62 @@ def plan(
         keys[stage] = key
         folder = stage_dir(config.run_dir / config.name, stage, key)
         state = status(folder)
+        remade = [u for u in up if actions.get(u) in ("run", "resume")]
         if not _enabled(config, stage):
             action, reason = "skip", "disabled in the config"
         elif stage not in chosen:
             action, reason = "skip", "not selected"
         elif stage in forced:
             action, reason = "run", "forced"
+        elif remade:
+            action, reason = "run", f"{remade[0]} is made again, so everything after it is too"
         elif stage == "data" and _settings(config, "data").get("fetched") == "not fetched":
             action, reason = "run", f"fetches {config['data']['dataset']} first (its content then keys the stage)"
         elif state == "done":
-            action, reason = "reuse", "cached: same settings and inputs"
+            why = intact(folder) or _inputs_changed(folder, up, run_ids)
+            if why:
+                action, reason = "run", f"cached output not usable ({why}): running it again"
+            else:
+                action, reason = "reuse", "cached: same settings and inputs"
         elif state == "partial":
-            action, reason = "resume", "interrupted earlier: resuming in place"
+            why = _inputs_changed(folder, up, run_ids)
+            if why:
+                action, reason = "run", f"interrupted earlier, but {why}: starting afresh"
+            else:
+                action, reason = "resume", "interrupted earlier: resuming in place"
         else:
             action, reason = "run", "new settings or inputs"
+        actions[stage] = action
+        run_ids[stage] = _run_id(folder) if action in ("reuse", "skip") else None
         out.append(StagePlan(stage=stage, key=key, folder=folder, action=action, reason=reason, upstream=up,
                              detail=describe(config, stage) if _enabled(config, stage) else ""))  # fmt: skip
     return tuple(out)
+
+
+def _marker(folder: Path) -> dict[str, Any]:
+    try:
+        meta = read_json(folder / "stage.json")
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _run_id(folder: Path) -> str | None:
+    value = _marker(folder).get("run_id")
+    return str(value) if value else None
+
+
+def _inputs_changed(folder: Path, upstream: Sequence[str], run_ids: Mapping[str, str | None]) -> str:
+    """Why the upstream outputs a stage folder was made from are not the ones there now ("" when they
+    are, or when the folder predates the record)."""
+    recorded = _marker(folder).get("inputs")
+    if not isinstance(recorded, Mapping):
+        return ""
+    for u in upstream:
+        then, now = recorded.get(u), run_ids.get(u)
+        if then and now and then != now:
+            return f"its {u} input was made again since"
+    return ""
 
 
 def describe(config: RunConfig, stage: str) -> str:
@@ -287,6 +343,8 @@ def _call_stage(
             genup=config.resolve(t["genup"]) or None,
             options=t["options"],
             progress=progress,
+            # A smoke run's tiny random model cannot write profiles: it checks the plumbing, not them.
+            accept_failures=bool(t["accept_failures"]) or config.smoke,
         )
     if stage == "records":
         return st.records(
@@ -402,13 +460,20 @@ def run(
     progress: bool | None = None,
     on_stage: Callable[[StagePlan], None] | None = None,
     smoke: bool = False,
+    accept_failures: bool | None = None,
 ) -> RunResult:
     """Run ``config`` (a :class:`RunConfig`, a TOML path, a shipped config name, or ``None`` for the
     built-in default), reusing every stage whose settings and inputs are unchanged.
 
     ``smoke``: the same config with tiny models, a few users and steps, on the CPU (see
     :func:`genrec_pipeline.load_config`). Under torchrun (``WORLD_SIZE`` > 1) rank 0 runs every stage
-    and the other ranks join the train stage only.
+    and the other ranks join the train stage only. ``accept_failures`` overrides
+    ``[profiles].accept_failures``: without it a profile stage with failed users raises
+    :class:`genrec_pipeline.stages.StageFailedError` (exit status 1) and stays unfinished, so the next
+    run retries those users.
+
+    One run at a time per run folder: the primary process holds ``genrec_core.FolderLock`` on it for
+    the whole run, and a second run of the same folder stops at once naming the holder.
     """
     if not isinstance(config, RunConfig):
         config = load_config(config, smoke=smoke)
@@ -416,14 +481,82 @@ def run(
         from genrec_pipeline._smoke import smoke_config
 
         config = smoke_config(config)
-    show = bool(config["run"]["progress"]) if progress is None else progress
-    items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
+    if accept_failures is not None:
+        tables = {k: dict(v) for k, v in config.tables.items()}
+        tables["profiles"]["accept_failures"] = bool(accept_failures)
+        config = replace(config, tables=tables)
     role = _dist.role(config["train"])
+    run_dir = config.run_dir / config.name
+    lock = _lock_run(run_dir) if role.primary else None
+    try:
+        return _run_locked(config, role, run_dir, stages=stages, from_stage=from_stage, until=until,
+                           force=tuple(force), progress=progress, on_stage=on_stage)  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_run(run_dir: Path) -> Any:
+    from genrec_core import FolderLock, LockHeldError
+
+    check_run_dir(run_dir)
+    try:
+        return FolderLock(run_dir, what="run folder").acquire()
+    except LockHeldError as exc:
+        raise PipelineError(str(exc)) from None
+    except OSError as exc:
+        raise PipelineError(f"run folder {run_dir}: cannot be created or locked ({exc.strerror or exc})") from None
+
+
+def _fresh(folder: Path) -> None:
+    """Empty a stage folder that must be made again, so nothing of an older output is resumed or mixed
+    in (moved aside first: a kill midway leaves no half-deleted folder behind under the stage's name)."""
+    import shutil
+    import uuid
+
+    if not folder.exists():
+        return
+    aside = folder.with_name(f".{folder.name}.stale-{uuid.uuid4().hex[:8]}")
+    folder.rename(aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _secrets(config: RunConfig) -> tuple[str, ...]:
+    import os
+
+    env = str(config["profiles"]["api_key_env"] or "")
+    return tuple(v for v in (os.environ.get(env) if env else None,) if v)
+
+
+def _run_locked(
+    config: RunConfig,
+    role: _dist.Role,
+    run_dir: Path,
+    *,
+    stages: Sequence[str] | None,
+    from_stage: str | None,
+    until: str | None,
+    force: tuple[str, ...],
+    progress: bool | None,
+    on_stage: Callable[[StagePlan], None] | None,
+) -> RunResult:
+    import uuid
+
+    show = bool(config["run"]["progress"]) if progress is None else progress
+    # Planned under the lock: a run that finished meanwhile has its markers in place.
+    items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
     if role.primary and _fetch_datasets(config, items):
         items = plan(config, stages=stages, from_stage=from_stage, until=until, force=force)
-    run_dir = config.run_dir / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    secrets = _secrets(config)
+    if role.primary:
+        for item in items:
+            if item.action == "run":
+                _fresh(item.folder)
+            if item.reason.startswith("cached output not usable"):
+                log.warning("%s: %s", item.stage, item.reason)
     artifacts: dict[str, st.Artifact] = {}
+    run_ids: dict[str, str | None] = {}
     seconds: dict[str, float] = {}
     reused: set[str] = set()
     index_path = run_dir / "run.json"
@@ -433,6 +566,7 @@ def run(
         if item.action == "skip":
             if status(item.folder) == "done":
                 artifacts[item.stage] = st.load_artifact(item.folder)
+                run_ids[item.stage] = _run_id(item.folder)
             continue
         if not role.primary and item.stage != "train":
             if item.action != "reuse":
@@ -449,25 +583,28 @@ def run(
             on_stage(item)
         if item.action == "reuse":
             artifacts[item.stage] = st.load_artifact(item.folder)
+            run_ids[item.stage] = _run_id(item.folder)
             seconds[item.stage] = 0.0
             reused.add(item.stage)
             log.info("%s: reusing %s", item.stage, item.folder)
             continue
         start = time.perf_counter()
+        run_ids[item.stage] = uuid.uuid4().hex
         meta = {
             "stage": item.stage,
             "key": item.key,
             "status": "running",
-            "settings": _settings(config, item.stage),
+            "run_id": run_ids[item.stage],
+            # What this output is made from: a resume checks it, so a partial folder never continues
+            # on inputs that were made again meanwhile.
+            "inputs": {u: run_ids.get(u) for u in item.upstream},
+            "settings": redact_all(_settings(config, item.stage), secrets),
             "upstream": {u: str(artifacts[u].path) for u in item.upstream},
             "started": datetime.now(UTC).isoformat(),
             "config": config.source,
         }
         item.folder.mkdir(parents=True, exist_ok=True)
         if role.primary:
-            if item.action == "run" and (item.folder / "stage.json").is_file():
-                # A forced re-run starts from a clean marker, but keeps files so stages can resume.
-                (item.folder / "stage.json").unlink()
             atomic_write_json(item.folder / "stage.json", meta, sort_keys=True)
         _event(run_dir, item, role, item.action)
         log.info("%s: %s in %s", item.stage, item.action, item.folder)
@@ -476,7 +613,8 @@ def run(
         except BaseException as exc:
             if role.primary:
                 # Ranks waiting on this stage stop instead of waiting forever; the next run resumes.
-                failed = {**meta, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                error = redact(f"{type(exc).__name__}: {exc}", secrets)
+                failed = {**meta, "status": "failed", "error": error}
                 atomic_write_json(item.folder / "stage.json", failed, sort_keys=True)
             raise
         seconds[item.stage] = round(time.perf_counter() - start, 1)

@@ -40,6 +40,13 @@ from genrec_pipeline._errors import PipelineError
 if TYPE_CHECKING:
     from genrec_pipeline._config import RunConfig
 
+
+class StageFailedError(PipelineError):
+    """A stage ran to its end but did not meet its own success criteria (profiles that failed): its
+    output stays unfinished, so the next run picks it up again. ``genrec run`` exits 1 on it."""
+
+    exit_status = 1
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "ModelArtifact",
     "ProfilesArtifact",
     "RecordsArtifact",
+    "StageFailedError",
     "coreset",
     "data",
     "evaluate",
@@ -169,8 +177,32 @@ def _check(contract: Any, path: Path, *, columns: Sequence[str] | None = None) -
 
 def _folder(out: str | Path) -> Path:
     path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"{path}: the output folder exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise PipelineError(f"{path}: cannot create the output folder ({exc.strerror or exc})") from None
     return path
+
+
+def _read_table(path: str | Path, what: str) -> Any:
+    """A parquet table given as input, or one readable line naming the file: a CSV (or any other text)
+    where a parquet table belongs, an empty or cut-short file."""
+    import polars as pl
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{what}: {path}: no such file")
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars, arrow and OS errors all mean "not a readable parquet table" here
+        raise PipelineError(f"{what}: {path} is not a readable parquet table ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _rows(path: Path) -> int:
@@ -357,6 +389,7 @@ def profile(
     genup: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    accept_failures: bool = False,
 ) -> ProfilesArtifact:
     """A profile per user from the training check-ins (GenUP), with the ``local`` (transformers),
     ``openai`` (any OpenAI-compatible server) or ``template`` (no LLM) backend. Resumes a partial
@@ -366,7 +399,11 @@ def profile(
     ``genrec_profiler.read_genup_profiles`` instead of generated.
 
     The summary carries ``quality``: ``genrec_profiler.profile_stats`` (valid rate, status counts,
-    copied share, top-3 agreement) and its warning lines."""
+    copied share, top-3 agreement) and its warning lines.
+
+    Users whose profile failed make the stage fail (:class:`StageFailedError`, naming the count) with
+    its table kept, so that calling again retries just those users; ``accept_failures`` (or the
+    ``accept_failures`` option) takes the table as it is."""
     from genrec_profiler import OpenAIBackend, ProfilerConfig, TemplateBackend, generate_profiles
 
     folder = _folder(out)
@@ -389,12 +426,20 @@ def profile(
         client = TemplateBackend()
     else:
         raise PipelineError(f"profiles: unknown backend {backend!r}; use local, openai or template")
+    opts = dict(options or {})
+    accept = bool(opts.pop("accept_failures", False)) or accept_failures
     config = ProfilerConfig(
-        **{"batch_size": batch_size, "users": users or None, "progress": progress, "protocol": protocol,
-           **dict(options or {})}
+        **{"batch_size": batch_size, "users": users or None, "progress": progress, "protocol": protocol, **opts}
     )
     result = generate_profiles(_data_dir(data), config=config, client=client, out=folder / "profiles.parquet")
     _check(PROFILES, Path(result.path))
+    if result.n_failed and not accept:
+        failed = tuple(getattr(result, "failed_users", ()))
+        shown = f" (users {', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''})" if failed else ""
+        raise StageFailedError(
+            f"profiles: {result.n_failed} of {result.n_generated} profiles failed{shown}; rerun to retry them, "
+            "or set [profiles].accept_failures = true to keep the table as it is"
+        )
     summary: dict[str, Any] = {
         "users": result.n_users,
         "ok": result.n_ok,
@@ -520,11 +565,13 @@ def records(
         if data is None:
             raise PipelineError("records: task next_poi needs the prepared check-ins (data)")
         profile_frame = None
+        prepared = load_prepared(_data_dir(data))
         if profiles is not None:
             path = profiles["profiles"] if isinstance(profiles, Artifact) else Path(profiles)
-            profile_frame = pl.read_parquet(path)
+            profile_frame = PROFILES.validate(_read_table(path, "records: profiles"), source=path)
+            _check_profile_users(profile_frame, prepared.checkins, path)
         config = NextPoiConfig(**{"protocol": protocol, "profile_fields": profile_fields, **opts})
-        built = build_next_poi(load_prepared(_data_dir(data)), profile_frame, config=config)
+        built = build_next_poi(prepared, profile_frame, config=config)
         generic = _generic_prompts(built, profile_frame)
     elif task in ("seqrec", "ctr") and f"{task}_train" in data_files:
         built = {split: pl.read_parquet(data_files[f"{task}_{split}"]) for split in ("train", "val", "test")
@@ -572,6 +619,25 @@ def records(
     return _finish(RecordsArtifact(stage="records", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
 
 
+def _check_profile_users(profiles: Any, checkins: Any, path: Path) -> None:
+    """Profiles written for other users than the check-ins' would silently give every record the
+    generic prompt: an error when none match, a warning with the count when some users have none."""
+    import polars as pl
+
+    users = set(checkins["user_id"].cast(pl.String).unique().to_list())
+    have = set(profiles["user_id"].cast(pl.String).to_list())
+    if users and not users & have:
+        example = next(iter(sorted(have)), "none")
+        raise PipelineError(
+            f"records: {path} profiles none of the {len(users)} users of the check-ins (its users are e.g. "
+            f"{example!r}): profiles made for other data?"
+        )
+    missing = len(users - have)
+    if missing:
+        log.warning("records: %d of %d users have no profile in %s; their records get the generic prompt",
+                    missing, len(users), path)  # fmt: skip
+
+
 def _generic_prompts(built: Mapping[str, Any], profiles: Any) -> int | None:
     """Records whose user had no profile, so the generic system prompt stood in (GenUP's own records
     flag it in ``has_profile``; ours are checked against the profiles table)."""
@@ -608,7 +674,8 @@ def check_options(stage: str, config: RunConfig) -> None:
     elif stage == "profiles":
         from genrec_profiler import ProfilerConfig
 
-        ProfilerConfig(**{"batch_size": table["batch_size"], "protocol": table["protocol"], **dict(table["options"])})
+        ProfilerConfig(**{"batch_size": table["batch_size"], "protocol": table["protocol"],
+                          "users": table["users"] or None, **dict(table["options"])})  # fmt: skip
     elif stage == "records":
         import genrec_sftdata as sd
 
@@ -781,14 +848,21 @@ def coreset(
     ``genrec_otcoreset.compute_features``)."""
     import polars as pl
 
-    from genrec_otcoreset import compute_features, load_features, save_features, select, write_selection
+    from genrec_otcoreset import (
+        compute_features,
+        features_match,
+        load_features,
+        save_features,
+        select,
+        write_selection,
+    )
 
     folder = _folder(out)
     opts = dict(options or {})
     train_path = records["train"] if isinstance(records, Artifact) else Path(records) / "train.parquet"
     val_path = records["val"] if isinstance(records, Artifact) else Path(records) / "val.parquet"
-    train_records = pl.read_parquet(train_path)
-    val_records = pl.read_parquet(val_path)
+    train_records = _read_table(train_path, "coreset: training records")
+    val_records = _read_table(val_path, "coreset: validation records")
     if train_records.height == 0 or val_records.height == 0:
         raise PipelineError(
             f"coreset: needs training and validation records; got {train_records.height} and {val_records.height}"
@@ -812,8 +886,10 @@ def coreset(
     for split, frame in (("train", train_records), ("val", val_records)):
         # Features are the slow part (a forward and a partial backward per record): keep them, so an
         # interrupted stage resumes after the split it finished.
+        # Reused only when computed from these very records and settings: a folder left by a run on
+        # other records would select rows that do not exist.
         where = folder / f"features_{split}"
-        if (where / "meta.json").is_file():
+        if features_match(where, frame, **feature_args):
             feats[split] = load_features(where)
         else:
             feats[split] = compute_features(frame, **feature_args)
@@ -906,7 +982,7 @@ def evaluate(
 
     folder = _folder(out)
     path = records[split] if isinstance(records, Artifact) else Path(records) / f"{split}.parquet"
-    frame = pl.read_parquet(path)
+    frame = _read_table(path, "evaluate: records")
     if frame.height == 0:
         raise PipelineError(f"evaluate: {path} holds no records")
     split_records = frame.height
@@ -933,8 +1009,11 @@ def evaluate(
         checkins = (
             None
             if data is None
-            else pl.read_parquet(data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet")
+            else _read_table(data["checkins"] if isinstance(data, Artifact) else Path(data) / "checkins.parquet",
+                             "evaluate: check-ins")
         )
+        if checkins is not None and "user_id" in frame.columns:
+            _check_record_users(frame, checkins, path)
         if mode == "none":
             result = ev.run_baselines(frame, checkins, config=ev.BaselineConfig(split_records=split_records))  # type: ignore[arg-type]
         else:
@@ -973,6 +1052,19 @@ def evaluate(
                "mode": mode, "protocol": opts.get("protocol", "genrec"), key: headline}  # fmt: skip
     schema = {"predictions": PREDICTION_COLUMNS}
     return _finish(EvaluationArtifact(stage="evaluate", path=folder, files=files, schema=schema, summary=summary))  # type: ignore[return-value]
+
+
+def _check_record_users(frame: Any, checkins: Any, path: Path) -> None:
+    """Baselines fitted on check-ins of other users than the records' would score nothing real."""
+    import polars as pl
+
+    users = set(checkins["user_id"].cast(pl.String).unique().to_list())
+    wanted = set(frame["user_id"].cast(pl.String).drop_nulls().unique().to_list())
+    if wanted and not wanted & users:
+        raise PipelineError(
+            f"evaluate: the records of {path} share no user with the check-ins ({len(wanted)} record users, "
+            f"{len(users)} check-in users): records and data from different runs?"
+        )
 
 
 def _records_city(records: RecordsArtifact | str | Path) -> str | None:
