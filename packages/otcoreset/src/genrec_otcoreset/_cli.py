@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec_core import add_config_args, command_parser, config_from_args, dispatch
+from genrec_core import FolderLock, add_config_args, command_parser, config_from_args, dispatch
 from genrec_otcoreset import __version__
 from genrec_otcoreset._errors import OtCoresetError
 
@@ -160,7 +160,11 @@ def _run_select(cfg: SelectConfig, progress: bool) -> int:
 def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args.config, args)
     run = _run_features if args.command == "features" else _run_select
-    return run(cfg, args.progress)
+    # One writer per output: the lock sits beside it (a hidden folder), since the output itself is
+    # replaced whole when it is written.
+    out = Path(cfg.out)
+    with FolderLock(out.with_name(f".{out.name}.lock"), what=f"output {out}"):
+        return run(cfg, args.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

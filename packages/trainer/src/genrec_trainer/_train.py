@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genrec_core import atomic_write_dir, atomic_write_json, atomic_write_text
+from genrec_core import FolderLock, atomic_write_dir, atomic_write_json, atomic_write_text
 from genrec_core.models import ModelNotFoundError, ResolvedModel, takes_logits_to_keep
 from genrec_trainer._checkpoint import expect, load_rng, load_tensors, save_rng, save_tensors
 from genrec_trainer._config import TrainConfig
@@ -390,12 +390,19 @@ def train(config: TrainConfig) -> TrainResult:
         raise TrainerError("config field 'train' is empty: give the SFT records to train on")
     reporter = Reporter(config.report_to)
     dist_info, device = _setup_distributed(config)
+    # One training per output folder: a second run into it stops at once instead of interleaving
+    # checkpoints (the lock is an flock, so a killed run never blocks the next one).
+    lock = FolderLock(config.output, what="training output folder") if dist_info.main else None
     try:
+        if lock is not None:
+            lock.acquire()
         return _train(config, dist_info, device, started, reporter)
     except BaseException:
         reporter.finish({}, failed=True)
         raise
     finally:
+        if lock is not None:
+            lock.release()
         if dist_info.active:
             import torch.distributed as dist
 
