@@ -8,6 +8,7 @@ LLM). torch and transformers are imported only when a local backend or an encode
 from importlib.metadata import PackageNotFoundError, version
 
 from genrec_profiler._client import Completion, LLMClient, ProfileRequest
+from genrec_profiler._cot import GENUP_COT_KEYS, GENUP_COT_PROMPT, genup_cot_prompt, write_cot_reasoning
 from genrec_profiler._digest import UserDigest
 from genrec_profiler._errors import ProfilerError
 from genrec_profiler._generate import (
@@ -57,6 +58,8 @@ __all__ = [
     "AGE_GROUPS",
     "EDUCATION_LEVELS",
     "GENDERS",
+    "GENUP_COT_KEYS",
+    "GENUP_COT_PROMPT",
     "GENUP_KEYS",
     "GENUP_PROMPT",
     "GRAMMAR_ENGINES",
@@ -77,6 +80,7 @@ __all__ = [
     "UserDigest",
     "__version__",
     "generate_profiles",
+    "genup_cot_prompt",
     "genup_messages",
     "parse_profile",
     "profile_json_schema",
@@ -85,5 +89,6 @@ __all__ = [
     "read_profiles",
     "resolve_model",
     "similar_users",
+    "write_cot_reasoning",
     "write_genup_profiles",
 ]

@@ -63,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("similar", help="each user's top-k most similar users by summary embedding")
     sim.add_argument("file", help="profiles parquet file")
     sim.add_argument("--out", required=True, help="output parquet file")
-    sim.add_argument("-k", type=int, default=5, help="neighbours per user (default: 5)")
+    sim.add_argument("-k", type=int, default=None, help="neighbours per user (default: 5; genup: 100)")
+    sim.add_argument("--protocol", choices=("genrec", "genup"), default="genrec",
+                     help="genup: GenUP's settings (system prompts, all-mpnet-base-v2, k=100)")
     sim.add_argument("--encoder", default=None, help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
     return parser
 
@@ -180,8 +182,9 @@ def _stats(args: argparse.Namespace) -> int:
 def _similar(args: argparse.Namespace) -> int:
     from genrec_profiler._similar import similar_users
 
-    table = similar_users(args.file, encoder=args.encoder, k=args.k, out=args.out)
-    print(f"similar users: {args.out} ({table.height} users, top {args.k})")
+    table = similar_users(args.file, encoder=args.encoder, k=args.k, out=args.out, protocol=args.protocol)
+    top = args.k if args.k is not None else (100 if args.protocol == "genup" else 5)
+    print(f"similar users: {args.out} ({table.height} users, top {top})")
     return 0
 
 

@@ -52,7 +52,7 @@ def _traits() -> dict[str, Any]:
     }
 
 
-def profile_json_schema(protocol: Literal["genrec", "genup"] = "genrec") -> dict[str, Any]:
+def profile_json_schema(protocol: Literal["genrec", "genup", "genup_cot"] = "genrec") -> dict[str, Any]:
     """The JSON schema of one profile as the model writes it, keys in the order they are asked.
 
     ``genrec``: our eight keys (``traits, age, gender, education, socioeco, preferences, routines,
@@ -60,7 +60,19 @@ def profile_json_schema(protocol: Literal["genrec", "genup"] = "genrec") -> dict
     ``attributes`` being ``[age, gender, edu, socioeco]``). Categorical fields are enums of the
     canonical values :func:`parse_profile` accepts without a repair; ``unknown`` is not offered for
     gender (a model asked to guess should guess; the template backend is the one that says unknown).
+    ``genup_cot`` is not a profile: GenUP's chain-of-thought reasoning object (gpt.py
+    ``generate_poi_intention``: six string values, :data:`genrec_profiler.GENUP_COT_KEYS`).
     """
+    if protocol == "genup_cot":
+        from genrec_profiler._cot import GENUP_COT_KEYS
+
+        return {
+            "title": "genup_poi_reasoning",
+            "type": "object",
+            "properties": {k: {"type": "string"} for k in GENUP_COT_KEYS},
+            "required": list(GENUP_COT_KEYS),
+            "additionalProperties": False,
+        }
     summary = {"type": "string", "minLength": SUMMARY_CHARS[0], "maxLength": SUMMARY_CHARS[1]}
     genders = [g for g in GENDERS if g != "unknown"]
     if protocol == "genup":
@@ -90,7 +102,9 @@ def profile_json_schema(protocol: Literal["genrec", "genup"] = "genrec") -> dict
             "summary": summary,
         }
     else:
-        raise ProfilerError(f"profile_json_schema: protocol must be 'genrec' or 'genup', got {protocol!r}")
+        raise ProfilerError(
+            f"profile_json_schema: protocol must be 'genrec', 'genup' or 'genup_cot', got {protocol!r}"
+        )
     return {
         "title": "genup_profile" if protocol == "genup" else "genrec_profile",
         "type": "object",

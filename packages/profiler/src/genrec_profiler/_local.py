@@ -20,6 +20,13 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: What a constrained answer starts with, written into the prompt: both schemas open with the traits,
 #: so these tokens cost a prefill position instead of a decode step each.
 CONSTRAINED_PREFIX = '{"traits": ["'
+#: What a constrained answer starts with, per request protocol (the first key of its schema).
+_PREFIXES = {"genup_cot": '{"profile_analysis": "'}
+
+
+def constrained_prefix(protocol: str | None) -> str:
+    """The text written for the model before a constrained answer of ``protocol``'s schema."""
+    return _PREFIXES.get(protocol or "genrec", CONSTRAINED_PREFIX)
 
 
 def _growing_cache() -> Any:
@@ -445,6 +452,7 @@ class LocalBackend:
         ``stop`` once the object closes."""
         torch = self._torch
         engine = self.engine(protocol) if protocol is not None else None
+        self._prefix = constrained_prefix(protocol)
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         # Sampling is seeded per batch: a run is reproducible for the same batch layout.
@@ -515,7 +523,7 @@ class LocalBackend:
         # Each row's first real position in the cache view (the kernel's starts); changes only when
         # rows leave.
         row_starts = torch.tensor(pads, dtype=torch.int64)
-        matchers = [engine.start(CONSTRAINED_PREFIX) for _ in range(batch)] if engine is not None else None
+        matchers = [engine.start(getattr(self, "_prefix", CONSTRAINED_PREFIX)) for _ in range(batch)] if engine is not None else None
         bitmask = torch.zeros((batch, engine.words), dtype=torch.int32) if engine is not None else None
         for step in range(steps):
             filled += inputs.shape[1]
@@ -618,7 +626,7 @@ class LocalBackend:
         matchers: list[Any] = []
         if engine is not None:
             batch, width = enc["input_ids"].shape
-            matchers = [engine.start(CONSTRAINED_PREFIX) for _ in range(batch)]
+            matchers = [engine.start(getattr(self, "_prefix", CONSTRAINED_PREFIX)) for _ in range(batch)]
             processors.append(_GrammarProcessor(self, engine, matchers, width))
         output = self.lm.generate(**enc, generation_config=GenerationConfig(**gen),  # type: ignore[misc]
                                   logits_processor=processors)
@@ -685,7 +693,7 @@ class LocalBackend:
         for protocol in dict.fromkeys(r.protocol for r in requests):
             idx = [i for i, r in enumerate(requests) if r.protocol == protocol]
             constrained = self.engine(protocol) is not None
-            prefix = CONSTRAINED_PREFIX if constrained else self.response_prefix
+            prefix = constrained_prefix(protocol) if constrained else self.response_prefix
             prompts = [self.render(requests[i].messages, prefix) for i in idx]
             # The answer includes the prefix we wrote for the model, so that it parses as a whole.
             texts = self.generate_texts(prompts, protocol if constrained else None)

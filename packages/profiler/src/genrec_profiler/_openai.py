@@ -165,7 +165,7 @@ class OpenAIBackend:
             payload["seed"] = self.seed
         level = self._level(request)
         if level == "json_schema":
-            schema = profile_json_schema("genup" if request.protocol == "genup" else "genrec")
+            schema = profile_json_schema(request.protocol if request.protocol in ("genup", "genup_cot") else "genrec")
             payload["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema["title"], "schema": schema, "strict": True},

@@ -19,14 +19,19 @@ from genrec_sftdata._errors import SftDataError
 from genrec_sftdata._fetch import DataSource, datasets_dir, fetch, list_datasets, verify
 from genrec_sftdata._genup import read_genup_records
 from genrec_sftdata._genup_build import (
+    GENUP_COT_COMPLETION,
     PROFILE_FIELDS,
+    build_genup_cot_records,
     build_genup_records,
+    genup_cot_reasoning_text,
     genup_profile,
     genup_profiles_map,
     genup_records_from_qa,
     genup_system_prompt,
     llm4poi_frame,
     llm4poi_qa_pairs,
+    parse_cot_answer,
+    parse_cot_reasoning,
 )
 from genrec_sftdata._nextpoi import NextPoiConfig, build_next_poi, checkin_sentence_expr
 from genrec_sftdata._prepare import PrepareConfig, PreparedData, load_prepared, prepare
@@ -43,6 +48,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = [
+    "GENUP_COT_COMPLETION",
     "PREPARED_COLUMNS",
     "PROFILE_FIELDS",
     "RAW_COLUMNS",
@@ -57,6 +63,7 @@ __all__ = [
     "SftDataError",
     "__version__",
     "build_ctr",
+    "build_genup_cot_records",
     "build_genup_records",
     "build_goracs",
     "build_next_poi",
@@ -64,6 +71,7 @@ __all__ = [
     "checkin_sentence_expr",
     "datasets_dir",
     "fetch",
+    "genup_cot_reasoning_text",
     "genup_profile",
     "genup_profiles_map",
     "genup_records_from_qa",
@@ -74,6 +82,8 @@ __all__ = [
     "llm4poi_frame",
     "llm4poi_qa_pairs",
     "load_prepared",
+    "parse_cot_answer",
+    "parse_cot_reasoning",
     "prepare",
     "prepare_fetched",
     "push_to_hub",

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -392,6 +393,7 @@ def build_genup_records(
     *,
     config: NextPoiConfig | None = None,
     num_pois: int | None = None,
+    reasoning: pl.DataFrame | Sequence[Any] | None = None,
 ) -> dict[str, pl.DataFrame]:
     """next_poi records per split exactly as GenUP builds them from LLM4POI's data (module docstring):
     LLM4POI's question/answer pairs over each split's trajectories (history from train, as LLM4POI's
@@ -403,6 +405,9 @@ def build_genup_records(
     text carries ``<s>``: a trainer adds no BOS of its own, as GenUP turns the tokenizer's off),
     ``has_profile``, ``history_poi_idx``, ``num_pois``,
     ``target_category_idx``, ``n_cut`` (always 0: GenUP keeps trajectories whole).
+
+    ``reasoning`` (``genrec_profiler.write_cot_reasoning``'s table, or one reasoning object per train
+    record): GenUP's chain-of-thought variant (``--use_cot``), :func:`build_genup_cot_records`.
     """
     cfg = config or NextPoiConfig(protocol="genup")
     if not isinstance(data, PreparedData):
@@ -437,4 +442,121 @@ def build_genup_records(
         )
         result[split] = validated(SFT_RECORDS, recs, source=f"build_genup_records: {split}")
         logger.info("build_genup_records: %s has %d records", split, recs.height)
+    if reasoning is not None:
+        result = build_genup_cot_records(result, reasoning)
     return result
+
+
+# ------------------------------------------------------------------------------ GenUP chain of thought
+
+#: create_sft_dataset.py's ``LLAMA_COT_PROMPT`` after ``[/INST]`` (the prompt before it is ``LLAMA_PROMPT``'s).
+GENUP_COT_COMPLETION = "<think>{reasoning}</think><output>{answer}</output></s>"
+
+
+def genup_cot_reasoning_text(reasoning: Mapping[str, Any]) -> str:
+    """create_sft_dataset.py's ``_stringify_reasoning``: one ``Title Cased Key: value`` line per key of
+    the reasoning object, in its order, each ending in a newline (values as Python's ``str``)."""
+    return "".join(f"{str(k).replace('_', ' ').title()}: {v}\n" for k, v in reasoning.items())
+
+
+def _reasoning_texts(reasoning: pl.DataFrame | Sequence[Any]) -> tuple[str, list[Any]]:
+    """(key column, reasoning texts) of a reasoning table or a list (one entry per train row)."""
+    if isinstance(reasoning, pl.DataFrame):
+        if "reasoning" not in reasoning.columns and "reasoning_json" not in reasoning.columns:
+            raise SftDataError("genup cot: the reasoning table has no 'reasoning' or 'reasoning_json' column")
+        if "reasoning" in reasoning.columns:
+            texts = reasoning["reasoning"].to_list()
+        else:
+            texts = [None if t is None else genup_cot_reasoning_text(json.loads(t)) for t in reasoning["reasoning_json"]]
+        key = "record_id" if "record_id" in reasoning.columns and reasoning["record_id"].null_count() == 0 else "index"
+        return key, texts
+    return "index", [genup_cot_reasoning_text(r) if isinstance(r, Mapping) else r for r in reasoning]
+
+
+def build_genup_cot_records(
+    records: pl.DataFrame | Mapping[str, pl.DataFrame],
+    reasoning: pl.DataFrame | Sequence[Mapping[str, Any] | str | None],
+    *,
+    missing: str = "error",
+) -> Any:
+    """GenUP's chain-of-thought SFT records (``create_sft_dataset.py --use_cot``): the train records'
+    text becomes ``LLAMA_COT_PROMPT``, ``<s>[INST] <<SYS>>\\n{profile}\\n<</SYS>>\\n\\n{instruction}
+    [/INST]<think>{reasoning}</think><output>{answer}</output></s>`` (no space after ``[/INST]`` nor
+    before ``</s>``), the reasoning being :func:`genup_cot_reasoning_text` of the record's reasoning
+    object. Only the train split changes: GenUP's test records keep ``LLAMA_PROMPT``.
+
+    ``records``: GenUP-layout records (``build_genup_records`` / ``read_genup_records``, protocol genup)
+    or their dict of splits. ``reasoning``: ``genrec_profiler.write_cot_reasoning``'s table (matched by
+    ``record_id``, else by ``index``, the row's position as GenUP numbers its files), or a list with
+    one reasoning object (or text) per train row. A record without reasoning is an error (GenUP's run
+    stops on the missing file); ``missing="drop"`` drops it, ``"plain"`` keeps its plain record.
+    The record's ``prompt`` stays GenUP's up to ``[/INST]``; ``completion`` is the rest; ``messages``'
+    assistant turn is the completion without ``</s>``; a ``reasoning`` column is added.
+    """
+    if missing not in ("error", "drop", "plain"):
+        raise SftDataError(f"build_genup_cot_records: missing must be 'error', 'drop' or 'plain', got {missing!r}")
+    if isinstance(records, Mapping):
+        return {split: (build_genup_cot_records(frame, reasoning, missing=missing) if split == "train"
+                        else frame.with_columns(reasoning=pl.lit(None, dtype=pl.String)))
+                for split, frame in records.items()}
+    require_columns(records, ["system_prompt", "inputs", "targets"], source="genup cot records")
+    key, texts = _reasoning_texts(reasoning)
+    if key == "record_id":
+        assert isinstance(reasoning, pl.DataFrame)
+        table = pl.DataFrame({"record_id": reasoning["record_id"].cast(pl.String), "reasoning": texts},
+                             schema={"record_id": pl.String, "reasoning": pl.String})
+        recs = records.drop("reasoning", strict=False).join(table, on="record_id", how="left", maintain_order="left")
+    else:
+        idx = (reasoning["index"].to_list() if isinstance(reasoning, pl.DataFrame) and "index" in reasoning.columns
+               else list(range(len(texts))))
+        by_index = dict(zip(idx, texts))
+        recs = records.drop("reasoning", strict=False).with_columns(
+            reasoning=pl.Series([by_index.get(i) for i in range(records.height)], dtype=pl.String))
+    has = pl.col("reasoning").is_not_null()
+    absent = recs.filter(~has)
+    if absent.height:
+        first = absent["record_id"][0] if "record_id" in absent.columns else "?"
+        if missing == "error":
+            raise SftDataError(f"genup cot: {absent.height} train records have no reasoning (first: {first})")
+        logger.warning("genup cot: %d train records have no reasoning (%s)", absent.height, missing)
+        if missing == "drop":
+            recs = recs.filter(has)
+    body = pl.concat_str(pl.lit("<think>"), pl.col("reasoning"), pl.lit("</think><output>"), pl.col("targets"),
+                         pl.lit("</output>"))
+    prompt = genup_prompt_expr(pl.col("system_prompt"), pl.col("inputs"))
+    completion = pl.when(has).then(pl.concat_str(body, pl.lit("</s>"))).otherwise(genup_completion_expr(pl.col("targets")))
+    out = recs.with_columns(prompt=prompt, completion=completion).with_columns(
+        llama_prompt=pl.concat_str(pl.col("prompt"), pl.col("completion")),
+        messages=pl.concat_list(
+            pl.struct(role=pl.lit("system"), content=pl.col("system_prompt")),
+            pl.struct(role=pl.lit("user"), content=pl.col("inputs")),
+            pl.struct(role=pl.lit("assistant"), content=pl.when(has).then(body).otherwise(pl.col("targets"))),
+        ),
+        protocol=pl.lit("genup"),
+        text_has_bos=pl.lit(True),
+    )
+    return validated(SFT_RECORDS, out, source="build_genup_cot_records")
+
+
+def parse_cot_reasoning(text: str) -> str:
+    """eval_next_poi_cot.py's first step: the first ``<think>...</think>`` span of the decoded text
+    (any case, across lines), stripped; ``""`` when there is none (GenUP then goes on without one)."""
+    found = re.findall(r"<think>(.*?)</think>", text, re.DOTALL | re.IGNORECASE)
+    return found[0].strip() if found else ""
+
+
+def parse_cot_answer(text: str) -> str | None:
+    """The POI id of a chain-of-thought answer, as eval_next_poi_cot.py reads it: GenUP writes
+    ``...</think><output>`` and the answer up to ``POI id `` itself and keeps every digit of what the
+    model adds (``re.sub(r"[^0-9]", "", ...)`` of 5 new tokens). Here: the text after the last
+    ``<output>`` (up to ``</output>`` or ``</s>``), after its last ``POI id`` when it has one (a bare
+    continuation such as ``123. </s>`` is read whole), all its digits; None when there are none."""
+    body = text
+    opened = [m.end() for m in re.finditer(r"<output>", body, re.IGNORECASE)]
+    if opened:
+        body = body[opened[-1]:]
+    body = re.split(r"</output>|</s>", body, maxsplit=1, flags=re.IGNORECASE)[0]
+    if "POI id" in body:
+        body = body.rsplit("POI id", 1)[1]
+    digits = re.sub(r"[^0-9]", "", body)
+    return digits or None
