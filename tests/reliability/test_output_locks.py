@@ -62,5 +62,22 @@ def test_a_second_coreset_run_into_one_output_exits_2(tmp_path: Path, capsys: py
     finally:
         held.close()
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "is in use by another run" in err, err
+    assert rc == 2 and err.count("\n") == 1 and f"output {out} is in use by another run" in err, err
     assert not out.exists()
+
+
+def test_a_second_profiler_run_into_one_table_stops_before_work(tmp_path: Path) -> None:
+    from genrec_profiler import TemplateBackend, generate_profiles
+    from genrec_sftdata import prepare, synthesize_city
+
+    data = prepare(synthesize_city(n_users=3, seed=0, n_pois=40, checkins_per_user=30), out=tmp_path / "data")
+    out = tmp_path / "profiles.parquet"
+    held = _Held(tmp_path / ".profiles.parquet.lock")
+    try:
+        with pytest.raises(LockHeldError, match=rf"profiles output {out} is in use by another run"):
+            generate_profiles(data, client=TemplateBackend(), out=out)
+    finally:
+        held.close()
+    assert not out.exists()
+    result = generate_profiles(data, client=TemplateBackend(), out=out)
+    assert out.is_file() and result is not None

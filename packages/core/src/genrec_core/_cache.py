@@ -144,9 +144,11 @@ class FolderLock:
     time for the message another process gets.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], *, what: str = "folder") -> None:
+    def __init__(self, folder: str | os.PathLike[str], *, what: str = "folder", guards: str | None = None) -> None:
+        # ``guards``: what the lock stands for when the folder is a lock beside it (an output file).
         self.folder = Path(folder)
         self.what = what
+        self.guards = guards
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
@@ -163,7 +165,7 @@ class FolderLock:
             finally:
                 os.close(fd)
             raise LockHeldError(
-                f"{self.what} {self.folder} is in use by another run ({holder}); wait for it to finish "
+                f"{self.what} {self.guards or self.folder} is in use by another run ({holder}); wait for it to finish "
                 "or stop it"
             ) from None
         os.ftruncate(fd, 0)

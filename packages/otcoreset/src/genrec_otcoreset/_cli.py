@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
     # One writer per output: the lock sits beside it (a hidden folder), since the output itself is
     # replaced whole when it is written.
     out = Path(cfg.out)
-    with FolderLock(out.with_name(f".{out.name}.lock"), what=f"output {out}"):
+    with FolderLock(out.with_name(f".{out.name}.lock"), what="output", guards=str(out)):
         return run(cfg, args.progress)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from genrec_core import PROFILES, atomic_write_parquet, read_table, redact
+from genrec_core import PROFILES, FolderLock, atomic_write_parquet, read_table, redact
 from genrec_profiler._client import Completion, LLMClient, ProfileRequest
 from genrec_profiler._digest import compute_digests, user_sentences
 from genrec_profiler._errors import ProfilerError
@@ -365,6 +365,21 @@ def generate_profiles(
     out_path = Path(out)
     if out_path.is_dir():
         raise ProfilerError(f"{out_path}: out must be a parquet file path, not a folder")
+    # One run per output: a second run into the same table stops at once instead of mixing its parts
+    # with this one's (the lock is a hidden folder beside the table; an flock, so a dead run never blocks).
+    with FolderLock(out_path.with_name(f".{out_path.name}.lock"), what="profiles output", guards=str(out_path)):
+        return _generate_locked(checkins, train, name, out_path, config, client, start)
+
+
+def _generate_locked(
+    checkins: pl.DataFrame,
+    train: pl.DataFrame,
+    name: str,
+    out_path: Path,
+    config: ProfilerConfig,
+    client: LLMClient | None,
+    start: float,
+) -> ProfileRunResult:
 
     users = _user_order(checkins)
     if config.user_ids is not None:
