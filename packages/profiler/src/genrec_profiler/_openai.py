@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
@@ -165,7 +165,10 @@ class OpenAIBackend:
             payload["seed"] = self.seed
         level = self._level(request)
         if level == "json_schema":
-            schema = profile_json_schema(request.protocol if request.protocol in ("genup", "genup_cot") else "genrec")
+            kind: Literal["genrec", "genup", "genup_cot"] = (
+                "genup" if request.protocol == "genup" else "genup_cot" if request.protocol == "genup_cot" else "genrec"
+            )
+            schema = profile_json_schema(kind)
             payload["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": schema["title"], "schema": schema, "strict": True},

@@ -22,7 +22,7 @@ Encoder = Callable[[Sequence[str]], Any]
 
 #: GenUP's similarity analysis (notebooks/06_profile_similarity.ipynb): the encoder, top-k, batch size
 #: and score rounding it uses.
-GENUP_SIMILARITY = {"encoder": "sentence-transformers/all-mpnet-base-v2", "k": 100, "batch_size": 1, "round": 4}
+GENUP_SIMILARITY: dict[str, Any] = {"encoder": "sentence-transformers/all-mpnet-base-v2", "k": 100, "batch_size": 1, "round": 4}
 
 
 def default_encoder_path() -> Path:
