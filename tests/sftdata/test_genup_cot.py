@@ -67,7 +67,11 @@ def test_missing_reasoning() -> None:
 
 
 def test_reasoning_table_from_profiler() -> None:
-    from genrec_profiler import Completion, ProfileRequest, write_cot_reasoning
+    # The reasoning is written by a profiler backend: genrec-sftdata alone does not have one.
+    profiler = pytest.importorskip("genrec_profiler")
+    Completion, ProfileRequest, write_cot_reasoning = (
+        profiler.Completion, profiler.ProfileRequest, profiler.write_cot_reasoning
+    )
 
     class Fake:
         backend = "fake"
